@@ -1,0 +1,127 @@
+"""The running exporter: config → client → state → refresher, wired together, swapped
+safely on reload, and asked by the HTTP server to refresh before each scrape."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter.client import CopyaiClient
+from exporter.collector import CopyaiCollector, View
+from exporter.config import Config
+from exporter.refresh import Refresher, RefreshReport
+from exporter.state import ApiHealth, RunStore
+from exporter.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        session_factory: Callable[[], requests.Session] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        process_metrics: bool = True,
+    ):
+        self._session_factory = session_factory
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._rng = rng
+        self._lock = threading.Lock()
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.telemetry = Telemetry(self.registry)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+        self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
+        self.store = RunStore(config.run_keys())
+        self.config = config
+        self._client = self._make_client(config)
+        self._refresher = self._make_refresher(config, self._client)
+        self._scrape_duration = 0.0
+        self.registry.register(CopyaiCollector(self.view, wall_clock=wall_clock))
+        self.telemetry.config_loaded(True, wall_clock())
+
+    def _make_client(self, config: Config) -> CopyaiClient:
+        return CopyaiClient(
+            config.api,
+            session=self._session_factory() if self._session_factory else None,
+            observer=self.telemetry,
+            clock=self._clock,
+            wall_clock=self._wall_clock,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+
+    def _make_refresher(self, config: Config, client: CopyaiClient) -> Refresher:
+        return Refresher(config, client, self.store, self.health, clock=self._clock)
+
+    def view(self) -> View:
+        with self._lock:
+            return View(self.config, self.store, self.health, self._scrape_duration)
+
+    def refresh(self, deadline: float) -> RefreshReport:
+        """Bring state up to date as far as `deadline` (monotonic) allows."""
+        with self._lock:
+            refresher = self._refresher
+        started = self._clock()
+        report = refresher.refresh(deadline)
+        with self._lock:
+            self._scrape_duration = self._clock() - started
+        if not report.completed:
+            log.info(
+                "scrape deadline reached; answering with what is known "
+                "started=%d waiting=%d (they finish in the background)",
+                report.started,
+                report.waited,
+            )
+        return report
+
+    def apply_config(self, config: Config) -> None:
+        """Switch to a new, already validated config. Runs still configured keep what is
+        known of them; removed runs disappear from the output at the next scrape."""
+        with self._lock:
+            old_client, old_refresher = self._client, self._refresher
+            if config.api != self.config.api or config.api.api_key != self.config.api.api_key:
+                if config.api.base_url != self.config.api.base_url:
+                    self.store.sync(())  # another API: nothing we know applies
+                self._client = self._make_client(config)
+            self.store.sync(config.run_keys())
+            self.config = config
+            self._refresher = self._make_refresher(config, self._client)
+        client_replaced = old_client is not self._client
+
+        def retire() -> None:
+            # fetches already running finish with the old session before it is freed
+            old_refresher.close(wait=True)
+            if client_replaced:
+                old_client.close()
+
+        threading.Thread(target=retire, name="copyai-retire", daemon=True).start()
+        self.telemetry.config_loaded(True, self._wall_clock())
+        log.info(
+            "configuration applied workflows=%d runs=%d",
+            len(config.workflows),
+            len(self.store),
+        )
+
+    def config_failed(self) -> None:
+        self.telemetry.config_loaded(False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._refresher.close(wait=False)
+            self._client.close()

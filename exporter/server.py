@@ -1,0 +1,231 @@
+"""HTTP surface: /metrics (refresh within the scrape's deadline, then render), a landing
+page, /-/healthy, /-/ready and /-/reload, as a WSGI app on a threading server."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.runtime import Exporter
+
+log = logging.getLogger(__name__)
+
+SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
+# Fetches are given at least this share of the budget even when the offset is larger.
+MIN_REFRESH_SHARE = 0.5
+StartResponse = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    telemetry_path: str = "/metrics"
+    enable_lifecycle: bool = False
+    default_scrape_timeout: float = 10.0  # when Prometheus sends no timeout header
+    scrape_timeout_offset: float = 0.5  # kept back from the deadline for rendering
+
+
+class ExporterApp:
+    """The WSGI application. `reload` re-reads the config and returns (ok, message)."""
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        options: WebOptions,
+        reload: Callable[[], tuple[bool, str]],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._exporter = exporter
+        self._options = options
+        self._reload = reload
+        self._clock = clock
+        self.shutting_down = False
+        self._routes: dict[str, tuple[tuple[str, ...], Callable[..., Iterable[bytes]]]] = {
+            "/": (("GET", "HEAD"), self._landing),
+            options.telemetry_path: (("GET", "HEAD"), self._metrics),
+            "/-/healthy": (("GET", "HEAD"), self._healthy),
+            "/-/ready": (("GET", "HEAD"), self._ready),
+            "/-/reload": (("POST", "PUT"), self._reload_endpoint),
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        route = self._routes.get(path)
+        if route is None:
+            return _text(start_response, "404 Not Found", "Not Found\n")
+        methods, handler = route
+        if method not in methods:
+            return _text(
+                start_response,
+                "405 Method Not Allowed",
+                "Method Not Allowed\n",
+                [("Allow", ", ".join(methods))],
+            )
+        body = handler(environ, start_response)
+        return [] if method == "HEAD" else body
+
+    # --- routes ----------------------------------------------------------------------
+
+    def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = self._clock()
+        budget = self._scrape_budget(environ.get(SCRAPE_TIMEOUT_HEADER))
+        offset = min(self._options.scrape_timeout_offset, budget * (1 - MIN_REFRESH_SHARE))
+        try:
+            self._exporter.refresh(deadline=started + budget - offset)
+        except Exception:  # never let a refresh bug take /metrics down
+            log.exception("refresh failed; answering with what is known")
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        output = encoder(self._exporter.registry)
+        headers = [("Content-Type", content_type)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            output = gzip.compress(output, compresslevel=3)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(output))))
+        start_response("200 OK", headers)
+        return [output]
+
+    def _scrape_budget(self, header: str | None) -> float:
+        if header:
+            try:
+                value = float(header)
+            except ValueError:
+                value = 0.0
+            if 0 < value < 3600:
+                return value
+        return self._options.default_scrape_timeout
+
+    def _landing(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        view = self._exporter.view()
+        path = html.escape(self._options.telemetry_path)
+        runs = len(view.store)
+        page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Copy.ai exporter</title></head>
+<body>
+<h1>Copy.ai exporter</h1>
+<p>Prometheus exporter for Copy.ai workflow runs, version {html.escape(__version__)}.</p>
+<ul>
+<li><a href="{path}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
+</ul>
+<p>Watching {len(view.config.workflows)} workflow(s) and {runs} configured run(s)
+at {html.escape(view.config.api.base_url)}.</p>
+</body></html>
+"""
+        return _text(start_response, "200 OK", page, content_type="text/html; charset=utf-8")
+
+    def _healthy(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        return _text(start_response, "200 OK", "Healthy\n")
+
+    def _ready(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self.shutting_down:
+            return _text(start_response, "503 Service Unavailable", "Shutting down\n")
+        return _text(start_response, "200 OK", "Ready\n")
+
+    def _reload_endpoint(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if not self._options.enable_lifecycle:
+            return _text(
+                start_response,
+                "403 Forbidden",
+                "Lifecycle API is not enabled (start with --web.enable-lifecycle).\n",
+            )
+        ok, message = self._reload()
+        status = "200 OK" if ok else "500 Internal Server Error"
+        return _text(start_response, status, message.rstrip("\n") + "\n")
+
+
+def _text(
+    start_response: StartResponse,
+    status: str,
+    body: str,
+    headers: list[tuple[str, str]] | None = None,
+    content_type: str = "text/plain; charset=utf-8",
+) -> list[bytes]:
+    payload = body.encode("utf-8")
+    start_response(
+        status,
+        [("Content-Type", content_type), ("Content-Length", str(len(payload))), *(headers or [])],
+    )
+    return [payload]
+
+
+# --- serving -------------------------------------------------------------------------
+
+
+class _Handler(WSGIRequestHandler):
+    # A client that connects and sends nothing is dropped after this many seconds,
+    # so it holds one thread for a while but never blocks other scrapes.
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s %s", self.address_string(), format % args)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`:10117`, `0.0.0.0:10117`, `[::1]:10117`, `localhost:0` → (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError(f"invalid listen address {address!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+class HttpServer:
+    """Serves a WSGI app in a background thread."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], address: str):
+        host, port = parse_listen_address(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(_ThreadingServer):
+            address_family = family
+
+        bind_host = host or ("::" if family == socket.AF_INET6 else "")
+        self.server = Server((bind_host, port), _Handler)
+        self.server.set_app(app)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="copyai-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.server.server_address[0]
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1" if host != "::" else "[::1]"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> HttpServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -1,0 +1,574 @@
+"""A fake Copy.ai API for the demo, the tests and the benchmarks.
+
+Runs move through their statuses by the clock (a script of `(status, seconds)` steps
+from `createdAt`), so answers are deterministic and nothing runs in the background.
+Faults are injected at run time through `/_sim/faults`: latency, a share of 5xx (HTML
+or JSON), a rate limit answered with 429 and Retry-After, refused keys, dropped
+connections. `/_sim/stats` counts the requests so tests can assert exact call counts.
+
+Control endpoints (no API key needed; bind to loopback):
+  GET  /_sim/stats          request counts by endpoint, and per run
+  POST /_sim/stats/reset
+  GET  /_sim/faults         POST /_sim/faults  {"latency_seconds": 0.05, "error_rate": 0.5, ...}
+  POST /_sim/runs           {"workflow_id": ..., "steps": [["PROCESSING", 5], ["COMPLETE", null]]}
+  GET  /_sim/config         an exporter config (YAML) watching every simulated run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_KEY = "demo-key"
+TERMINAL = ("COMPLETE", "FAILED")
+MAX_CONTROL_BODY = 1024 * 1024
+HTML_ERROR = (
+    "<html><head><title>502 Bad Gateway</title></head><body><center>"
+    "<h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+
+
+@dataclass
+class SimRun:
+    workflow_id: str
+    run_id: str
+    created_at: float  # Unix time
+    steps: list[tuple[str, float | None]]  # (status, seconds in it); None = forever
+    credits: int = 0
+    credits_as_string: bool = False
+    millis: bool = True
+    omit_status: bool = False
+    metadata: Any = field(default_factory=lambda: {"api": True})
+
+    def status_at(self, now: float) -> str:
+        elapsed = now - self.created_at
+        for status, seconds in self.steps:
+            if seconds is None or elapsed < seconds:
+                return status
+            elapsed -= seconds
+        return self.steps[-1][0]
+
+    def terminal_at(self, now: float) -> bool:
+        return self.status_at(now) in TERMINAL
+
+    def credits_at(self, now: float) -> int | None:
+        status = self.status_at(now)
+        if status in ("NEW", "WAITING"):
+            return None
+        if status in TERMINAL:
+            return self.credits
+        # grows while the run works, reaching the total when it finishes
+        total = sum(s or 0 for _, s in self.steps if _ not in TERMINAL) or 1
+        elapsed = min(now - self.created_at, total)
+        return max(0, math.floor(self.credits * elapsed / total))
+
+    def record(self, now: float) -> dict[str, Any]:
+        created = datetime.fromtimestamp(self.created_at, tz=UTC)
+        if self.millis:
+            stamp = created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
+        else:
+            stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        record: dict[str, Any] = {
+            "id": self.run_id,
+            "createdAt": stamp,
+            "input": {"Input 1": "simulated"},
+        }
+        if not self.omit_status:
+            record["status"] = self.status_at(now)
+        if self.metadata != "absent":
+            record["metadata"] = self.metadata
+        credits_used = self.credits_at(now)
+        if credits_used is not None:
+            record["credits"] = str(credits_used) if self.credits_as_string else credits_used
+        if self.terminal_at(now):
+            record["output"] = {"Output 1": "simulated output"}
+        return record
+
+
+@dataclass
+class Faults:
+    """What goes wrong, settable while the simulator runs."""
+
+    latency_seconds: float = 0.0
+    error_rate: float = 0.0  # share of API requests answered with error_status
+    error_status: int = 502
+    error_html: bool = True  # proxies answer 5xx with HTML
+    rate_limit_per_second: float = 0.0  # 0 = unlimited; above it: 429
+    retry_after: str = "1"  # seconds, or an HTTP date
+    refuse_key: bool = False  # answer 401 to every API request
+    drop_connections: bool = False  # close the connection without answering
+    not_found: list[str] = field(default_factory=list)  # run ids answered 404
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        known = {f.name: f for f in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r}")
+            setattr(self, name, value)
+
+
+class World:
+    """The simulated workspace: workflows, their runs, faults and request counts."""
+
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        seed: int = 1,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.api_key = api_key
+        self.clock = clock
+        self.rng = random.Random(seed)  # noqa: S311 - simulated data, not security
+        self.lock = threading.Lock()
+        self.workflows: dict[str, str] = {}  # id -> name
+        self.runs: dict[str, dict[str, SimRun]] = {}  # workflow id -> run id -> run
+        self.faults = Faults()
+        self.stats: Counter[str] = Counter()
+        self.run_stats: Counter[str] = Counter()
+        self._bucket_time = 0.0
+        self._bucket_tokens = 0.0
+
+    # --- building the world ----------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{uuid.UUID(int=self.rng.getrandbits(128), version=4)}"
+
+    def add_workflow(self, name: str, workflow_id: str | None = None) -> str:
+        workflow_id = workflow_id or self.new_id("WCFG")
+        with self.lock:
+            self.workflows[workflow_id] = name
+            self.runs.setdefault(workflow_id, {})
+        return workflow_id
+
+    def add_run(
+        self,
+        workflow_id: str,
+        steps: Iterable[tuple[str, float | None]],
+        *,
+        age_seconds: float = 0.0,
+        run_id: str | None = None,
+        **details: Any,
+    ) -> SimRun:
+        if workflow_id not in self.workflows:
+            self.add_workflow(workflow_id, workflow_id)
+        run = SimRun(
+            workflow_id=workflow_id,
+            run_id=run_id or self.new_id("WRUN"),
+            created_at=self.clock() - age_seconds,
+            steps=[(str(s), None if d is None else float(d)) for s, d in steps],
+            **details,
+        )
+        with self.lock:
+            self.runs[workflow_id][run.run_id] = run
+        return run
+
+    def all_runs(self) -> list[SimRun]:
+        with self.lock:
+            return [r for runs in self.runs.values() for r in runs.values()]
+
+    def exporter_config(self, base_url: str, extra: Mapping[str, Any] | None = None) -> str:
+        with self.lock:
+            workflows = [
+                {"id": wid, "name": name, "runs": list(self.runs.get(wid, {}))}
+                for wid, name in self.workflows.items()
+            ]
+        document: dict[str, Any] = {"api": {"base_url": base_url}, "workflows": workflows}
+        for section, values in (extra or {}).items():
+            document.setdefault(section, {}).update(values)
+        return yaml.safe_dump(document, sort_keys=False)
+
+    # --- answering -------------------------------------------------------------------
+
+    def take_rate_token(self) -> bool:
+        limit = self.faults.rate_limit_per_second
+        if limit <= 0:
+            return True
+        with self.lock:
+            now = time.monotonic()
+            self._bucket_tokens = min(
+                limit, self._bucket_tokens + (now - self._bucket_time) * limit
+            )
+            self._bucket_time = now
+            if self._bucket_tokens >= 1:
+                self._bucket_tokens -= 1
+                return True
+            return False
+
+    def get_run(self, workflow_id: str, run_id: str) -> tuple[int, Any]:
+        with self.lock:
+            run = self.runs.get(workflow_id, {}).get(run_id)
+        if run is None or run_id in self.faults.not_found:
+            return 404, {"status": "error", "errorCode": "NOT_FOUND"}
+        return 200, {"status": "success", "data": run.record(self.clock())}
+
+    def list_runs(self, workflow_id: str, size: int, page: int) -> tuple[int, Any]:
+        with self.lock:
+            if workflow_id not in self.runs:
+                return 404, {"status": "error", "errorCode": "NOT_FOUND"}
+            runs = sorted(self.runs[workflow_id].values(), key=lambda r: -r.created_at)
+        now = self.clock()
+        chunk = runs[(page - 1) * size : page * size]
+        items = [r.record(now) for r in chunk]
+        for item in items[1::2]:  # the docs' list items sometimes lack these
+            item.pop("input", None)
+            item.pop("output", None)
+        total: int | str = len(runs) if page % 2 else str(len(runs))
+        return 200, {"status": "success", "data": {"total": total, "data": items}}
+
+
+def demo_world(api_key: str = DEFAULT_API_KEY, seed: int = 7) -> World:
+    """Three workflows whose runs keep changing for the first minutes of a demo."""
+    world = World(api_key=api_key, seed=seed)
+    blog = world.add_workflow("blog-writer")
+    seo = world.add_workflow("seo-meta-descriptions")
+    leads = world.add_workflow("lead-enrichment")
+    done = [("NEW", 2), ("PROCESSING", 40), ("COMPLETE", None)]
+    world.add_run(blog, done, age_seconds=3600, credits=42)
+    world.add_run(blog, done, age_seconds=7200, credits=38, credits_as_string=True, millis=False)
+    world.add_run(
+        blog, [("NEW", 5), ("WAITING", 20), ("PROCESSING", 60), ("COMPLETE", None)], credits=51
+    )
+    world.add_run(
+        blog,
+        [("PROCESSING", 150), ("RETRYING", 30), ("PROCESSING", 60), ("COMPLETE", None)],
+        age_seconds=30,
+        credits=77,
+        credits_as_string=True,
+    )
+    world.add_run(
+        blog, [("NEW", 10), ("PROCESSING", 240), ("COMPLETE", None)], credits=120, metadata=None
+    )
+    world.add_run(seo, done, age_seconds=600, credits=9, metadata="absent")
+    world.add_run(
+        seo,
+        [
+            ("PROCESSING", 45),
+            ("RETRYING", 30),
+            ("PROCESSING", 20),
+            ("RETRYING", 20),
+            ("FAILED", None),
+        ],
+        credits=14,
+    )
+    world.add_run(
+        seo,
+        [("WAITING", 7200), ("PROCESSING", 60), ("COMPLETE", None)],
+        age_seconds=1800,
+        credits=3,
+    )  # stuck: trips a "stuck run" alert
+    world.add_run(
+        seo,
+        [("NEW", 3), ("PROCESSING", 90), ("COMPLETE", None)],
+        credits=12,
+        credits_as_string=True,
+        millis=False,
+    )
+    world.add_run(
+        leads, [("NEW", 1), ("PROCESSING", 20), ("FAILED", None)], age_seconds=900, credits=5
+    )
+    world.add_run(
+        leads,
+        [("PROCESSING", 300), ("COMPLETE", None)],
+        age_seconds=60,
+        credits=2200,
+        credits_as_string=True,
+    )
+    world.add_run(
+        leads, [("NEW", 30), ("WAITING", 30), ("PROCESSING", 120), ("COMPLETE", None)], credits=64
+    )
+    return world
+
+
+def bulk_world(
+    workflows: int,
+    runs_per_workflow: int,
+    active_fraction: float,
+    api_key: str = DEFAULT_API_KEY,
+    seed: int = 1,
+) -> World:
+    """Many runs for benchmarks: a share stays PROCESSING forever, the rest are done."""
+    world = World(api_key=api_key, seed=seed)
+    active_every = round(1 / active_fraction) if active_fraction > 0 else 0
+    for w in range(workflows):
+        workflow_id = world.add_workflow(f"bulk-{w}")
+        for i in range(runs_per_workflow):
+            if active_every and i % active_every == 0:
+                steps: list[tuple[str, float | None]] = [("PROCESSING", None)]
+            else:
+                steps = [("PROCESSING", 1), ("COMPLETE", None)]
+            world.add_run(
+                workflow_id,
+                steps,
+                age_seconds=3600 - i,
+                credits=i % 50,
+                credits_as_string=bool(i % 2),
+                millis=bool(i % 3),
+            )
+    return world
+
+
+# --- HTTP ----------------------------------------------------------------------------
+
+_RUN_PATH = re.compile(r"^/workflow/([A-Za-z0-9_-]+)/run/([A-Za-z0-9_-]+)$")
+_LIST_PATH = re.compile(r"^/workflow/([A-Za-z0-9_-]+)/run$")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real API behind a CDN
+    server: SimulatorServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("simulator %s", format % args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        world = self.server.world
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        if path.startswith("/_sim/"):
+            self._control(method, path, world)
+            return
+        # A prefix like /api is accepted so base_url can be http://host:port/api.
+        if path.startswith("/api/"):
+            path = path[4:]
+        run_match = _RUN_PATH.match(path)
+        list_match = _LIST_PATH.match(path)
+        endpoint = "get_run" if run_match else "list_runs" if list_match else "other"
+        with world.lock:
+            world.stats[endpoint] += 1
+            if run_match:
+                world.run_stats[run_match.group(2)] += 1
+        faults = world.faults
+        if faults.latency_seconds > 0:
+            time.sleep(faults.latency_seconds)
+        if faults.drop_connections:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if self.headers.get("x-copy-ai-api-key") != world.api_key or faults.refuse_key:
+            self._json(401, {"status": "error", "errorCode": "UNAUTHORIZED"})
+            return
+        if not world.take_rate_token():
+            self._json(
+                429,
+                {"status": "error", "errorCode": "RATE_LIMITED"},
+                {"Retry-After": faults.retry_after},
+            )
+            return
+        if faults.error_rate > 0 and world.rng.random() < faults.error_rate:
+            if faults.error_html:
+                self._send(faults.error_status, HTML_ERROR.encode(), "text/html")
+            else:
+                self._json(faults.error_status, {"status": "error", "errorCode": "INTERNAL"})
+            return
+        if method == "GET" and run_match:
+            self._json(*world.get_run(run_match.group(1), run_match.group(2)))
+        elif method == "GET" and list_match:
+            query = parse_qs(parts.query)
+            try:
+                size = int(query.get("size", ["10"])[0])
+                page = int(query.get("page", ["1"])[0])
+            except ValueError:
+                size = page = 0
+            if not 1 <= size <= 100 or page < 1:
+                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                return
+            self._json(*world.list_runs(list_match.group(1), size, page))
+        elif method == "POST" and list_match:
+            workflow_id = list_match.group(1)
+            if workflow_id not in world.workflows:
+                self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+                return
+            self._read_body()
+            run = world.add_run(
+                workflow_id,
+                [("NEW", 2), ("PROCESSING", 20), ("COMPLETE", None)],
+                credits=world.rng.randint(1, 40),
+            )
+            self._json(200, {"status": "success", "data": {"id": run.run_id}})
+        else:
+            self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+
+    def _control(self, method: str, path: str, world: World) -> None:
+        try:
+            if method == "GET" and path == "/_sim/stats":
+                with world.lock:
+                    body = {"requests": dict(world.stats), "runs": dict(world.run_stats)}
+                self._json(200, body)
+            elif method == "POST" and path == "/_sim/stats/reset":
+                with world.lock:
+                    world.stats.clear()
+                    world.run_stats.clear()
+                self._json(200, {"ok": True})
+            elif path == "/_sim/faults":
+                if method == "POST":
+                    changes = self._read_body()
+                    if not isinstance(changes, dict):
+                        raise ValueError("faults must be a JSON object")
+                    world.faults.update(changes)
+                self._json(
+                    200, {f.name: getattr(world.faults, f.name) for f in fields(world.faults)}
+                )
+            elif method == "POST" and path == "/_sim/runs":
+                spec = self._read_body()
+                if not isinstance(spec, dict):
+                    raise ValueError("run spec must be a JSON object")
+                workflow_id = spec.pop("workflow_id")
+                steps = [tuple(step) for step in spec.pop("steps")]
+                run = world.add_run(workflow_id, steps, **spec)
+                self._json(200, {"workflow_id": run.workflow_id, "run_id": run.run_id})
+            elif method == "GET" and path == "/_sim/config":
+                host, port = self.server.server_address[:2]
+                text = world.exporter_config(f"http://{host}:{port}/api")
+                self._send(200, text.encode(), "application/yaml")
+            else:
+                self._json(404, {"error": "no such control endpoint"})
+        except (ValueError, KeyError, TypeError) as exc:
+            self._json(400, {"error": str(exc)})
+
+    def _read_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_CONTROL_BODY:
+            raise ValueError("body too large")
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw else {}
+
+    def _json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], world: World):
+        self.world = world
+        super().__init__(address, _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/api"
+
+
+class RunningSimulator:
+    """A simulator serving in a background thread; `stop()` shuts it down."""
+
+    def __init__(self, world: World, host: str = "127.0.0.1", port: int = 0):
+        self.world = world
+        self.server = SimulatorServer((host, port), world)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="copyai-simulator", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help="key the simulator accepts (default: %(default)s)",
+    )
+    parser.add_argument("--scenario", choices=("demo", "bulk"), default="demo")
+    parser.add_argument("--workflows", type=int, default=10, help="bulk: workflows")
+    parser.add_argument("--runs-per-workflow", type=int, default=100, help="bulk: runs each")
+    parser.add_argument(
+        "--active-fraction", type=float, default=0.1, help="bulk: share of runs that never finish"
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of answers that are HTML 502s"
+    )
+    parser.add_argument(
+        "--rate-limit", type=float, default=0.0, help="requests per second before 429 (0 = none)"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--write-config",
+        metavar="PATH",
+        help="write an exporter config watching every run, then serve",
+    )
+    parser.add_argument(
+        "--config-base-url",
+        metavar="URL",
+        help="base_url to put in --write-config (default: this server's)",
+    )
+
+
+def run_from_args(args: argparse.Namespace, stop: threading.Event) -> int:
+    host, _, port = args.listen.rpartition(":")
+    if args.scenario == "bulk":
+        world = bulk_world(
+            args.workflows,
+            args.runs_per_workflow,
+            args.active_fraction,
+            api_key=args.api_key,
+            seed=args.seed,
+        )
+    else:
+        world = demo_world(api_key=args.api_key, seed=args.seed)
+    world.faults.update(
+        {
+            "latency_seconds": args.latency,
+            "error_rate": args.error_rate,
+            "rate_limit_per_second": args.rate_limit,
+        }
+    )
+    sim = RunningSimulator(world, host.strip("[]") or "0.0.0.0", int(port))
+    if args.write_config:
+        with open(args.write_config, "w", encoding="utf-8") as handle:
+            handle.write(world.exporter_config(args.config_base_url or sim.base_url))
+    log.info("simulator listening url=%s runs=%d", sim.base_url, len(world.all_runs()))
+    try:
+        stop.wait()
+    finally:
+        sim.stop()
+    return 0

@@ -1,0 +1,175 @@
+"""What the exporter knows: each configured run's last good record and fetch outcome,
+and whether the API has been answering.
+
+State is written by fetch workers and read by scrapes at the same time, so every
+record is an immutable `RunState` replaced in one assignment under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from exporter.client import ApiError, ErrorKind
+from exporter.model import Run
+
+log = logging.getLogger(__name__)
+
+RunKey = tuple[str, str]  # (workflow_id, run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    workflow_id: str
+    run_id: str
+    run: Run | None = None  # last successfully fetched record
+    fetch_ok: bool | None = None  # None: no fetch has finished yet
+    attempted_at: float | None = None  # monotonic time the last fetch finished
+    error: str | None = None  # signature of the last error, for log-once-per-change
+
+    @property
+    def key(self) -> RunKey:
+        return (self.workflow_id, self.run_id)
+
+    def refresh_due(self, now: float, interval: float) -> bool:
+        """A terminal run never changes again; anything else is due once per interval."""
+        if self.run is not None and self.run.terminal:
+            return False
+        return self.attempted_at is None or now - self.attempted_at >= interval
+
+
+class RunStore:
+    """The configured runs and what is known about each, in config order."""
+
+    def __init__(self, keys: Iterable[RunKey] = ()):
+        self._lock = threading.Lock()
+        self._states: dict[RunKey, RunState] = {}
+        self.sync(keys)
+
+    def sync(self, keys: Iterable[RunKey]) -> None:
+        """Track exactly `keys`: keep what is known of runs still configured, forget the
+        rest (their series disappear at the next scrape instead of going stale)."""
+        with self._lock:
+            old = self._states
+            self._states = {k: old.get(k) or RunState(*k) for k in keys}
+
+    def snapshot(self) -> list[RunState]:
+        with self._lock:
+            return list(self._states.values())
+
+    def get(self, key: RunKey) -> RunState | None:
+        with self._lock:
+            return self._states.get(key)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def record_success(self, key: RunKey, run: Run, now: float) -> None:
+        with self._lock:
+            previous = self._states.get(key)
+            if previous is None:  # dropped by a reload while the fetch was running
+                return
+            self._states[key] = replace(
+                previous, run=run, fetch_ok=True, attempted_at=now, error=None
+            )
+        if previous.error is not None:
+            log.info(
+                "run fetch recovered workflow_id=%s run_id=%s status=%s",
+                key[0],
+                key[1],
+                run.status.value,
+            )
+        if run.status.value == "UNKNOWN" and (previous.run is None or previous.run != run):
+            log.warning(
+                "run has an undocumented or missing status workflow_id=%s run_id=%s status=%r",
+                key[0],
+                key[1],
+                (run.raw_status or "")[:64],
+            )
+
+    def record_failure(self, key: RunKey, error: ApiError, now: float) -> None:
+        with self._lock:
+            previous = self._states.get(key)
+            if previous is None:
+                return
+            self._states[key] = replace(
+                previous, fetch_ok=False, attempted_at=now, error=error.signature
+            )
+        if previous.error != error.signature:  # log once per run and change, not per scrape
+            log.warning(
+                "run fetch failed workflow_id=%s run_id=%s kind=%s error=%r "
+                "(keeping last known values; logged again only if the error changes)",
+                key[0],
+                key[1],
+                error.kind,
+                str(error),
+            )
+
+
+class ApiHealth:
+    """Answers "can we talk to the API with this key?" (`copyai_up`) and "when was data
+    last refreshed without error?".
+
+    Outcomes are grouped in batches (the fetches one scrape started). Any answer from
+    the API sets up=1 at once; a refused key sets up=0 at once; a batch that ends with
+    no answer at all (only network errors and 5xx) sets up=0.
+    """
+
+    def __init__(self, wall_clock: Callable[[], float], clock: Callable[[], float]):
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.up = 0
+        self.last_successful_refresh: float | None = None
+        self.last_answer_at = -math.inf  # monotonic
+
+    def batch(self, size: int) -> Batch:
+        return Batch(self, size)
+
+    def _record(self, batch: Batch, error: ApiError | None) -> None:
+        with self._lock:
+            if error is None or error.api_answered:
+                batch.answered = True
+                self.last_answer_at = self._clock()
+                if not batch.refused:
+                    self.up = 1
+            if error is not None:
+                if error.kind == ErrorKind.UNAUTHORIZED:
+                    batch.refused = True
+                    self.up = 0
+                if error.kind in _REFRESH_ERRORS:
+                    batch.errors += 1
+            batch.pending -= 1
+            if batch.pending == 0:
+                if not batch.answered:
+                    self.up = 0
+                if batch.errors == 0:
+                    self.last_successful_refresh = self._wall_clock()
+
+
+# Errors that mean the refresh did not work, as opposed to an answer about one run.
+_REFRESH_ERRORS = frozenset(
+    {
+        ErrorKind.UNREACHABLE,
+        ErrorKind.UNAUTHORIZED,
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.SERVER_ERROR,
+    }
+)
+
+
+class Batch:
+    __slots__ = ("answered", "errors", "health", "pending", "refused")
+
+    def __init__(self, health: ApiHealth, size: int):
+        self.health = health
+        self.pending = size
+        self.answered = False
+        self.refused = False
+        self.errors = 0
+
+    def record(self, error: ApiError | None) -> None:
+        self.health._record(self, error)

@@ -1,0 +1,83 @@
+"""The exporter's own metrics: API requests, their latency and failures, build info and
+config reload status. These are long-lived metric objects on purpose: their label
+values are bounded (endpoint, HTTP code, error kind) and they describe this process,
+not data from the API.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from exporter import __version__
+from exporter.client import ErrorKind
+
+ENDPOINTS = ("get_run", "list_runs")
+API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Telemetry:
+    """Implements `client.RequestObserver`."""
+
+    def __init__(self, registry: CollectorRegistry):
+        # `_created` series double the counters' output and Prometheus ignores them in
+        # the classic text format; counters here start at zero with the process.
+        disable_created_metrics()
+        self.api_requests = Counter(
+            "copyai_api_requests_total",
+            "HTTP requests made to the Copy.ai API, by endpoint and HTTP status code "
+            '(code="error" when no answer came: refused, reset, timed out). '
+            "Every retry counts.",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self.api_duration = Histogram(
+            "copyai_api_request_duration_seconds",
+            "Time from sending a request to the Copy.ai API to having read its body.",
+            ["endpoint"],
+            buckets=API_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.api_errors = Counter(
+            "copyai_api_errors_total",
+            "Copy.ai API operations that failed after retries, by endpoint and kind "
+            "(unreachable, unauthorized, rate_limited, not_found, client_error, "
+            "server_error, bad_response, too_large).",
+            ["endpoint", "kind"],
+            registry=registry,
+        )
+        for endpoint in ENDPOINTS:
+            self.api_duration.labels(endpoint)
+            for kind in ErrorKind.ALL:
+                self.api_errors.labels(endpoint, kind)
+        build = Gauge(
+            "copyai_exporter_build_info",
+            "Always 1; labels carry the exporter and Python versions.",
+            ["version", "python_version"],
+            registry=registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
+        self.reload_ok = Gauge(
+            "copyai_config_last_reload_successful",
+            "1 if the last configuration load (at start, SIGHUP or /-/reload) succeeded.",
+            registry=registry,
+        )
+        self.reload_time = Gauge(
+            "copyai_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            registry=registry,
+        )
+
+    def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, code).inc()
+        self.api_duration.labels(endpoint).observe(seconds)
+
+    def observe_error(self, endpoint: str, kind: str) -> None:
+        self.api_errors.labels(endpoint, kind).inc()
+
+    def config_loaded(self, ok: bool, now: float | None = None) -> None:
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_time.set(time.time() if now is None else now)
