@@ -203,6 +203,8 @@ class CopyaiClient:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._limiter = limiter or RateLimiter(api.max_requests_per_second, clock, sleep)
+        # the hard bound on requests in flight, whichever thread makes them
+        self._slots = threading.BoundedSemaphore(api.max_concurrency)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     @property
@@ -255,7 +257,8 @@ class CopyaiClient:
                 )
             retry_after: float | None = None
             try:
-                return self._attempt(endpoint, path, params)
+                with self._slots:
+                    return self._attempt(endpoint, path, params)
             except _RetryableError as exc:
                 last_error = exc.error
                 retry_after = exc.retry_after

@@ -23,10 +23,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter.config import Config
+from exporter.history import HistoryBook, WorkflowSnapshot
 from exporter.model import ALL_STATUSES
 from exporter.state import ApiHealth, RunStore
 
@@ -42,6 +49,7 @@ class View:
     store: RunStore
     health: ApiHealth
     scrape_duration: float
+    book: HistoryBook
 
 
 class CopyaiCollector(Collector):
@@ -51,8 +59,15 @@ class CopyaiCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Registering must not trigger collect() (which would read state before the
-        # first scrape); the names are enough for the registry's duplicate checks.
-        return iter(self._families(None))
+        # first scrape); the names are enough for the registry's duplicate checks. The
+        # credits counter is left out: its family name equals the credits gauge's, which
+        # the registry would call a clash, though the text format keeps them apart
+        # (copyai_workflow_run_credits vs copyai_workflow_run_credits_total).
+        return iter(
+            f
+            for f in self._families(None)
+            if not (f.name == "copyai_workflow_run_credits" and f.type == "counter")
+        )
 
     def collect(self) -> Iterator[Metric]:
         return iter(self._families(self._view()))
@@ -125,37 +140,177 @@ class CopyaiCollector(Collector):
             duration,
             last_refresh,
         ]
+        workflow_families = _WorkflowFamilies()
+        families.extend(workflow_families.all())
         if view is None:
             return families
 
         now = self._wall_clock()
         sparse = view.config.collector.sparse_status
-        counts = {w.id: dict.fromkeys(ALL_STATUSES, 0) for w in view.config.workflows}
+
+        def add_run(labels: list[str], run_status, run_credits, created_at) -> None:
+            if sparse:
+                status.add_metric([*labels, run_status.value], 1.0)
+            else:
+                for s in ALL_STATUSES:
+                    status.add_metric([*labels, s.value], 1.0 if s is run_status else 0.0)
+            if run_credits is not None:
+                credits_used.add_metric(labels, run_credits)
+            if created_at is not None:
+                created.add_metric(labels, created_at)
+                age.add_metric(labels, max(0.0, now - created_at))
+
         for state in view.store.snapshot():
             labels = [state.workflow_id, state.run_id]
             if state.fetch_ok is not None:
                 fetch_ok.add_metric(labels, 1.0 if state.fetch_ok else 0.0)
-            run = state.run
-            if run is None:
-                continue
-            bucket = counts.get(state.workflow_id)
-            if bucket is not None:  # None only in the instant a reload swaps configs
-                bucket[run.status] += 1
-            if sparse:
-                status.add_metric([*labels, run.status.value], 1.0)
-            else:
-                for s in ALL_STATUSES:
-                    status.add_metric([*labels, s.value], 1.0 if s is run.status else 0.0)
-            if run.credits is not None:
-                credits_used.add_metric(labels, run.credits)
-            if run.created_at is not None:
-                created.add_metric(labels, run.created_at)
-                age.add_metric(labels, max(0.0, now - run.created_at))
+            if state.run is not None:
+                add_run(labels, state.run.status, state.run.credits, state.run.created_at)
         for workflow in view.config.workflows:
             info.add_metric([workflow.id, workflow.display_name], 1.0)
-            for s, n in counts[workflow.id].items():
+            history = view.book.get(workflow.id)
+            if history is None:  # only in the instant a reload swaps configs
+                continue
+            limit = workflow.discovery.max_run_series if workflow.discovery.run_series else 0
+            snap = history.snapshot(run_series_limit=limit if workflow.discover else 0)
+            for s, n in snap.status_counts.items():
                 per_workflow.add_metric([workflow.id, s.value], float(n))
+            for run in snap.active_runs:  # opted-in discovered runs: active only, capped
+                assert run.status is not None
+                add_run([workflow.id, run.run_id], run.status, run.credits, run.created_at)
+            workflow_families.add(snap)
+        workflow_families.add_workspace(view.book.workspace_credit_limit())
         up.add_metric([], float(view.health.up))
         duration.add_metric([], view.scrape_duration)
         last_refresh.add_metric([], view.health.last_successful_refresh or 0.0)
+        workflow_families.state_up.add_metric([], float(view.book.backend_up))
         return families
+
+
+class _WorkflowFamilies:
+    """Counters, the duration histogram and timestamps per workflow, from its history."""
+
+    def __init__(self) -> None:
+        label = ["workflow_id"]
+        counted = (
+            "Counted once per run as the exporter sees it happen (polling, listing or "
+            "webhook); runs that existed before the workflow was first watched are not counted."
+        )
+        self.created = CounterMetricFamily(
+            "copyai_workflow_runs_created",
+            f"Runs of the workflow seen being created. {counted}",
+            labels=label,
+        )
+        self.finished = CounterMetricFamily(
+            "copyai_workflow_runs_finished",
+            f"Runs of the workflow seen reaching COMPLETE or FAILED. {counted}",
+            labels=label,
+        )
+        self.failed = CounterMetricFamily(
+            "copyai_workflow_runs_failed",
+            f"Runs of the workflow seen reaching FAILED. {counted}",
+            labels=label,
+        )
+        self.retried = CounterMetricFamily(
+            "copyai_workflow_runs_retried",
+            f"Runs of the workflow seen entering RETRYING (a retry between two looks at "
+            f"the run can be missed). {counted}",
+            labels=label,
+        )
+        self.credits = CounterMetricFamily(
+            "copyai_workflow_run_credits",
+            f"Credits of the workflow's runs that finished, each run counted once. {counted}",
+            labels=label,
+        )
+        self.duration = HistogramMetricFamily(
+            "copyai_workflow_run_duration_seconds",
+            "Run duration from createdAt to its end. The API reports no end time: the end "
+            "is when a webhook delivered it, or else when polling first saw it, so without "
+            "webhooks durations are late by up to refresh_interval_seconds.",
+            labels=label,
+        )
+        self.last_success = GaugeMetricFamily(
+            "copyai_workflow_last_success_timestamp_seconds",
+            "When a run of the workflow last reached COMPLETE (as observed; for runs that "
+            "ended before watching began, their createdAt). Absent if never.",
+            labels=label,
+        )
+        self.last_failure = GaugeMetricFamily(
+            "copyai_workflow_last_failure_timestamp_seconds",
+            "When a run of the workflow last reached FAILED (as observed; for runs that "
+            "ended before watching began, their createdAt). Absent if never.",
+            labels=label,
+        )
+        self.last_created = GaugeMetricFamily(
+            "copyai_workflow_last_run_created_timestamp_seconds",
+            "createdAt of the newest run of the workflow seen. Absent if none.",
+            labels=label,
+        )
+        self.oldest_active = GaugeMetricFamily(
+            "copyai_workflow_oldest_active_run_created_timestamp_seconds",
+            "createdAt of the oldest tracked run that is not finished; absent when none "
+            "is active. time() minus this is how long the most stuck run has been going.",
+            labels=label,
+        )
+        self.credit_limit = CounterMetricFamily(
+            "copyai_credit_limit_reached",
+            "workflowCreditLimit.reached webhook events received (workflow_id is empty "
+            "for events that name no workflow).",
+            labels=label,
+        )
+        self.credit_limit_at = GaugeMetricFamily(
+            "copyai_credit_limit_reached_timestamp_seconds",
+            "When the last workflowCreditLimit.reached event arrived.",
+            labels=label,
+        )
+        self.state_up = GaugeMetricFamily(
+            "copyai_state_backend_up",
+            "1 if the last read or write of the state store (state.path) succeeded; the "
+            "memory store is always up.",
+        )
+
+    def all(self) -> list[Metric]:
+        return [
+            self.created,
+            self.finished,
+            self.failed,
+            self.retried,
+            self.credits,
+            self.duration,
+            self.last_success,
+            self.last_failure,
+            self.last_created,
+            self.oldest_active,
+            self.credit_limit,
+            self.credit_limit_at,
+            self.state_up,
+        ]
+
+    def add(self, snap: WorkflowSnapshot) -> None:
+        labels = [snap.workflow_id]
+        self.created.add_metric(labels, snap.created)
+        self.finished.add_metric(labels, snap.finished)
+        self.failed.add_metric(labels, snap.failed)
+        self.retried.add_metric(labels, snap.retried)
+        self.credits.add_metric(labels, snap.credits)
+        bounds = [floatToGoString(b) for b in snap.buckets] + ["+Inf"]
+        self.duration.add_metric(
+            labels, list(zip(bounds, snap.bucket_counts, strict=True)), snap.duration_sum
+        )
+        for family, value in (
+            (self.last_success, snap.last_success),
+            (self.last_failure, snap.last_failure),
+            (self.last_created, snap.last_created),
+            (self.oldest_active, snap.oldest_active_created),
+            (self.credit_limit_at, snap.credit_limit_at),
+        ):
+            if value is not None:
+                family.add_metric(labels, value)
+        self.credit_limit.add_metric(labels, snap.credit_limit_count)
+
+    def add_workspace(self, limit: tuple[int, float | None]) -> None:
+        count, at = limit
+        if count:
+            self.credit_limit.add_metric([""], count)
+        if at is not None:
+            self.credit_limit_at.add_metric([""], at)

@@ -6,8 +6,10 @@ at once in one `ConfigError`; the CLI turns that into exit status 2.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,11 +76,32 @@ class ApiConfig:
     api_key: Secret = field(default=Secret(""), compare=False)
 
 
+DEFAULT_DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+WEBHOOK_TOKEN_ENV = "COPYAI_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
+WEBHOOK_EVENT_TYPES = (
+    "workflowRun.started",
+    "workflowRun.completed",
+    "workflowRun.failed",
+    "workflowCreditLimit.reached",
+)
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     refresh_interval_seconds: float = 30.0
     sparse_status: bool = False
     up_check_interval_seconds: float = 60.0  # 0 = never probe when nothing else is due
+    duration_buckets_seconds: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    window_seconds: float = 86_400.0  # finished runs older than this are forgotten
+    max_tracked_runs: int = 10_000
+    page_size: int = 100
+    max_pages_per_refresh: int = 50
+    run_series: bool = False  # per-run series for discovered active runs
+    max_run_series: int = 50
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,8 @@ class WorkflowConfig:
     id: str
     name: str | None = None
     runs: tuple[str, ...] = ()
+    discover: bool = False
+    discovery: DiscoveryConfig = DiscoveryConfig()
 
     @property
     def display_name(self) -> str:
@@ -93,14 +118,44 @@ class WorkflowConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    path: str | None = None  # SQLite file; None = history kept in memory only
+
+
+@dataclass(frozen=True)
+class WebhookRegistration:
+    public_url: str  # where Copy.ai delivers; the token is appended as a path segment
+    event_types: tuple[str, ...] = WEBHOOK_EVENT_TYPES
+    per_workflow: bool = True  # one registration per workflow, or workspace-wide
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    listen_address: str
+    token: Secret = field(compare=False)
+    token_file: str | None = None
+    max_body_bytes: int = 65_536
+    accept_unknown_workflows: bool = False
+    register: WebhookRegistration | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig
     collector: CollectorConfig
     workflows: tuple[WorkflowConfig, ...]
+    state: StateConfig = StateConfig()
+    webhooks: WebhookConfig | None = None
 
     def run_keys(self) -> list[tuple[str, str]]:
         """(workflow_id, run_id) of every configured run, in config order."""
         return [(w.id, r) for w in self.workflows for r in w.runs]
+
+    def workflow(self, workflow_id: str) -> WorkflowConfig | None:
+        for workflow in self.workflows:
+            if workflow.id == workflow_id:
+                return workflow
+        return None
 
 
 # --- loading ------------------------------------------------------------------------
@@ -195,13 +250,16 @@ def build_config(
     base_dir: Path | None = None,
 ) -> Config:
     v = _Validator()
-    root = v.mapping(document, "", {"api", "collector", "workflows"})
-    api = _api(v, root.get("api"), env or {}, require_key, base_dir or Path.cwd())
+    root = v.mapping(document, "", {"api", "collector", "workflows", "state", "webhooks"})
+    base = base_dir or Path.cwd()
+    api = _api(v, root.get("api"), env or {}, require_key, base)
     collector = _collector(v, root.get("collector"))
     workflows = _workflows(v, root.get("workflows"))
+    state = _state(v, root.get("state"), base)
+    webhooks = _webhooks(v, root.get("webhooks"), env or {}, base)
     if v.problems:
         raise ConfigError(v.problems, source)
-    return Config(api=api, collector=collector, workflows=workflows)
+    return Config(api=api, collector=collector, workflows=workflows, state=state, webhooks=webhooks)
 
 
 def _api(
@@ -243,47 +301,73 @@ def _api(
 def _read_key(
     v: _Validator, key_file: str | None, env: Mapping[str, str], require_key: bool, base_dir: Path
 ) -> str:
-    # Messages about the key file do not repeat its value: a key pasted into this field
-    # by mistake must not end up on stderr or in a log.
-    if key_file is not None:
-        path = Path(key_file).expanduser()
-        if not path.is_absolute():  # as in Prometheus: relative to the config file
-            path = base_dir / path
+    return _read_secret(
+        v,
+        key_file,
+        env,
+        base_dir,
+        path="api.api_key_file",
+        env_name=API_KEY_ENV,
+        what="API key",
+        required=require_key,
+    )
+
+
+def _read_secret(
+    v: _Validator,
+    secret_file: str | None,
+    env: Mapping[str, str],
+    base_dir: Path,
+    *,
+    path: str,
+    env_name: str,
+    what: str,
+    required: bool,
+) -> str:
+    """A secret from a file (preferred) or an environment variable.
+
+    Messages about the file do not repeat its value: a secret pasted into this field by
+    mistake must not end up on stderr or in a log.
+    """
+    if secret_file is not None:
+        file_path = Path(secret_file).expanduser()
+        if not file_path.is_absolute():  # as in Prometheus: relative to the config file
+            file_path = base_dir / file_path
         try:
-            info = path.stat()
+            info = file_path.stat()
             if not stat.S_ISREG(info.st_mode):
-                v.problem("api.api_key_file", "is not a regular file")
+                v.problem(path, "is not a regular file")
                 return ""
             if info.st_size > MAX_KEY_FILE_BYTES:
-                v.problem("api.api_key_file", "file is too large to hold an API key")
+                v.problem(path, f"file is too large to hold the {what}")
                 return ""
-            key = path.read_text(encoding="utf-8").strip()
+            secret = file_path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            v.problem("api.api_key_file", "file does not exist" + _relative_note(key_file))
+            v.problem(path, "file does not exist" + _relative_note(secret_file))
             return ""
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-            v.problem("api.api_key_file", f"cannot read the file: {reason}")
+            v.problem(path, f"cannot read the file: {reason}")
             return ""
-        where = "api.api_key_file"
-        if not key:
+        where = path
+        if not secret:
             v.problem(where, "file is empty")
             return ""
     else:
-        key = env.get(API_KEY_ENV, "").strip()
-        where = API_KEY_ENV
-        if not key:
-            if require_key:
+        secret = env.get(env_name, "").strip()
+        where = env_name
+        if not secret:
+            if required:
                 v.problem(
-                    "api",
-                    f"no API key: set the environment variable {API_KEY_ENV} or api.api_key_file",
+                    path.rsplit(".", 1)[0],
+                    f"no {what}: set the environment variable {env_name} or {path}",
                 )
             return ""
-    # The key goes into an HTTP header: refuse anything that could split it.
-    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in key):
-        v.problem(where, "the API key contains whitespace or non-printable characters")
+    # It goes into an HTTP header or URL: refuse anything that could split it.
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in secret):
+        v.problem(where, f"the {what} contains whitespace or non-printable characters")
         return ""
-    return key
+    return secret
 
 
 def _relative_note(key_file: str) -> str:
@@ -297,9 +381,15 @@ def _collector(v: _Validator, node: object) -> CollectorConfig:
     m = v.mapping(
         node,
         "collector",
-        {"refresh_interval_seconds", "sparse_status", "up_check_interval_seconds"},
+        {
+            "refresh_interval_seconds",
+            "sparse_status",
+            "up_check_interval_seconds",
+            "duration_buckets_seconds",
+        },
     )
     return CollectorConfig(
+        duration_buckets_seconds=_buckets(v, m, "collector.duration_buckets_seconds"),
         refresh_interval_seconds=v.number(
             m, "collector.refresh_interval_seconds", d.refresh_interval_seconds, 0, 86_400
         ),
@@ -307,6 +397,131 @@ def _collector(v: _Validator, node: object) -> CollectorConfig:
         up_check_interval_seconds=v.number(
             m, "collector.up_check_interval_seconds", d.up_check_interval_seconds, 0, 86_400
         ),
+    )
+
+
+def _buckets(v: _Validator, m: Mapping[str, Any], path: str) -> tuple[float, ...]:
+    node = m.get("duration_buckets_seconds")
+    if node is None:
+        return DEFAULT_DURATION_BUCKETS
+    if not isinstance(node, list) or not node:
+        v.problem(path, "must be a non-empty list of numbers")
+        return DEFAULT_DURATION_BUCKETS
+    values: list[float] = []
+    for i, item in enumerate(node):
+        number = v.number({"x": item}, f"{path}[{i}]", math.nan, 0.001, 31_536_000)
+        if math.isnan(number):
+            return DEFAULT_DURATION_BUCKETS
+        values.append(number)
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        v.problem(path, "must be strictly increasing")
+        return DEFAULT_DURATION_BUCKETS
+    return tuple(values)
+
+
+def _discovery(v: _Validator, node: object, path: str) -> DiscoveryConfig:
+    d = DiscoveryConfig()
+    m = v.mapping(
+        node,
+        path,
+        {
+            "window_seconds",
+            "max_tracked_runs",
+            "page_size",
+            "max_pages_per_refresh",
+            "run_series",
+            "max_run_series",
+        },
+    )
+    return DiscoveryConfig(
+        window_seconds=v.number(m, f"{path}.window_seconds", d.window_seconds, 60, 31_536_000),
+        max_tracked_runs=v.integer(m, f"{path}.max_tracked_runs", d.max_tracked_runs, 1, 1_000_000),
+        page_size=v.integer(m, f"{path}.page_size", d.page_size, 1, 100),
+        max_pages_per_refresh=v.integer(
+            m, f"{path}.max_pages_per_refresh", d.max_pages_per_refresh, 1, 10_000
+        ),
+        run_series=v.boolean(m, f"{path}.run_series", d.run_series),
+        max_run_series=v.integer(m, f"{path}.max_run_series", d.max_run_series, 0, 10_000),
+    )
+
+
+def _state(v: _Validator, node: object, base_dir: Path) -> StateConfig:
+    m = v.mapping(node, "state", {"path"})
+    path = v.string(m, "state.path", None)
+    if path is None:
+        return StateConfig()
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        resolved = base_dir / resolved
+    if resolved.is_dir():
+        v.problem("state.path", "is a directory; give a file path such as state.db")
+    elif not resolved.parent.is_dir():
+        v.problem("state.path", f"directory {resolved.parent} does not exist")
+    return StateConfig(path=str(resolved))
+
+
+def _webhooks(
+    v: _Validator, node: object, env: Mapping[str, str], base_dir: Path
+) -> WebhookConfig | None:
+    if node is None:
+        return None
+    m = v.mapping(
+        node,
+        "webhooks",
+        {"listen_address", "token_file", "max_body_bytes", "accept_unknown_workflows", "register"},
+    )
+    listen = v.string(m, "webhooks.listen_address", None)
+    if listen is None:
+        v.problem("webhooks.listen_address", "is required when webhooks are configured")
+        listen = ""
+    elif not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}", listen):
+        v.problem("webhooks.listen_address", "must be host:port (e.g. 0.0.0.0:10118)")
+    token_file = v.string(m, "webhooks.token_file", None)
+    token = _read_secret(
+        v,
+        token_file,
+        env,
+        base_dir,
+        path="webhooks.token_file",
+        env_name=WEBHOOK_TOKEN_ENV,
+        what="webhook token",
+        required=True,
+    )
+    if token and len(token) < 16:
+        v.problem("webhooks", "the webhook token must be at least 16 characters")
+    if token and not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
+        v.problem("webhooks", "the webhook token may only use letters, digits and . _ ~ -")
+    register = None
+    reg_node = m.get("register")
+    if reg_node is not None:
+        r = v.mapping(reg_node, "webhooks.register", {"public_url", "event_types", "per_workflow"})
+        public_url = v.url(r, "webhooks.register.public_url", "")
+        if not public_url:
+            v.problem("webhooks.register.public_url", "is required to register webhooks")
+        event_types = WEBHOOK_EVENT_TYPES
+        types_node = r.get("event_types")
+        if types_node is not None:
+            if not isinstance(types_node, list) or not all(
+                isinstance(t, str) and t in WEBHOOK_EVENT_TYPES for t in types_node
+            ):
+                v.problem(
+                    "webhooks.register.event_types",
+                    f"must be a list of: {', '.join(WEBHOOK_EVENT_TYPES)}",
+                )
+            else:
+                event_types = tuple(dict.fromkeys(types_node))
+        register = WebhookRegistration(
+            public_url=public_url,
+            event_types=event_types,
+            per_workflow=v.boolean(r, "webhooks.register.per_workflow", True),
+        )
+    return WebhookConfig(
+        listen_address=listen,
+        token=Secret(token),
+        token_file=token_file,
+        max_body_bytes=v.integer(m, "webhooks.max_body_bytes", 65_536, 1024, 16 * 1024 * 1024),
+        accept_unknown_workflows=v.boolean(m, "webhooks.accept_unknown_workflows", False),
+        register=register,
     )
 
 
@@ -324,7 +539,7 @@ def _workflows(v: _Validator, node: object) -> tuple[WorkflowConfig, ...]:
     seen_runs: dict[str, str] = {}
     for i, item in enumerate(node):
         path = f"workflows[{i}]"
-        m = v.mapping(item, path, {"id", "name", "runs"})
+        m = v.mapping(item, path, {"id", "name", "runs", "discover", "discovery"})
         if not isinstance(item, Mapping):
             continue
         wid = v.token(m, f"{path}.id", required=True)
@@ -351,8 +566,20 @@ def _workflows(v: _Validator, node: object) -> tuple[WorkflowConfig, ...]:
                     continue
                 seen_runs[rid] = run_path
                 runs.append(rid)
+        discover = v.boolean(m, f"{path}.discover", False)
+        discovery = _discovery(v, m.get("discovery"), f"{path}.discovery")
+        if m.get("discovery") is not None and not discover:
+            v.problem(f"{path}.discovery", "is set but discover is not true")
         if wid is not None:
-            workflows.append(WorkflowConfig(id=wid, name=name, runs=tuple(runs)))
+            workflows.append(
+                WorkflowConfig(
+                    id=wid,
+                    name=name,
+                    runs=tuple(runs),
+                    discover=discover,
+                    discovery=discovery,
+                )
+            )
     return tuple(workflows)
 
 

@@ -67,6 +67,21 @@ class Run:
         return self.status.terminal
 
 
+def merge_runs(old: Run | None, new: Run) -> Run:
+    """`new` over `old`, keeping old values for what `new` does not report (a list item
+    without status, a webhook without createdAt)."""
+    if old is None:
+        return new
+    reported = new.raw_status is not None or new.status is not RunStatus.UNKNOWN
+    return Run(
+        run_id=new.run_id,
+        status=new.status if reported else old.status,
+        created_at=new.created_at if new.created_at is not None else old.created_at,
+        credits=new.credits if new.credits is not None else old.credits,
+        raw_status=new.raw_status if reported else old.raw_status,
+    )
+
+
 def parse_credits(value: object) -> float | None:
     """Credits arrive as 2, 2.5 or "9001"; missing while a run is in progress."""
     if value is None:

@@ -1,5 +1,7 @@
-"""Decides what to fetch on a scrape and fetches it concurrently, at most once per run
-however many scrapes ask, and returns when done or when the scrape's deadline comes.
+"""Decides what to fetch on a scrape and fetches it concurrently: configured runs that
+are due, a discovery cycle for each `discover: true` workflow that is due, and single
+tracked runs that only a fetch of their own can refresh. Each piece of work runs once
+however many scrapes ask for it; a scrape waits for it until its deadline.
 
 Work started for a scrape that ran out of time is not cancelled: it finishes in the
 background and the next scrape sees the result.
@@ -12,20 +14,26 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from exporter.client import ApiError, CopyaiClient, ErrorKind
-from exporter.config import Config
+from exporter.client import ApiError, CopyaiClient, ErrorKind, RunPage
+from exporter.config import Config, WorkflowConfig
+from exporter.discovery import DiscoveryCycle
+from exporter.history import HistoryBook
+from exporter.model import Run
 from exporter.state import ApiHealth, Batch, RunKey, RunStore
 
 log = logging.getLogger(__name__)
 
+# Discovery coordinators mostly wait for page fetches, which run in the fetch pool.
+MAX_COORDINATORS = 4
+
 
 @dataclass(frozen=True)
 class RefreshReport:
-    started: int  # fetches this call started
-    waited: int  # fetches this call waited for (its own and other scrapes')
+    started: int  # pieces of work this call started
+    waited: int  # pieces of work this call waited for (its own and other scrapes')
     completed: bool  # False if the deadline came first
 
 
@@ -36,53 +44,232 @@ class Refresher:
         client: CopyaiClient,
         store: RunStore,
         health: ApiHealth,
+        book: HistoryBook,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self._config = config
         self._client = client
         self._store = store
         self._health = health
+        self._book = book
         self._clock = clock
-        self._executor = concurrent.futures.ThreadPoolExecutor(
+        self._wall_clock = wall_clock
+        self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.api.max_concurrency, thread_name_prefix="copyai-fetch"
         )
+        self._coordinators = concurrent.futures.ThreadPoolExecutor(
+            max_workers=MAX_COORDINATORS, thread_name_prefix="copyai-discover"
+        )
         self._lock = threading.Lock()
-        self._in_flight: dict[RunKey, concurrent.futures.Future[None]] = {}
+        self._in_flight: dict[Hashable, concurrent.futures.Future[None]] = {}
         self._probe: concurrent.futures.Future[None] | None = None
         self._probe_started_at = -math.inf
+        self._cycle_attempted: dict[str, float] = {}  # so a failing listing is not hammered
         self._closed = False
 
+    # --- the scrape's entry point ----------------------------------------------------
+
     def refresh(self, deadline: float) -> RefreshReport:
-        """Fetch what is due; wait until it is all in or `deadline` (monotonic) passes."""
+        """Start what is due; wait until it is all in or `deadline` (monotonic) passes."""
         interval = self._config.collector.refresh_interval_seconds
-        now = self._clock()
-        started: list[RunKey] = []
+        now, wall = self._clock(), self._wall_clock()
+        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         waiting: list[concurrent.futures.Future[None]] = []
         with self._lock:
             if self._closed:
                 return RefreshReport(0, 0, True)
             for state in self._store.snapshot():
-                future = self._in_flight.get(state.key)
-                if future is not None:
-                    waiting.append(future)
+                if state.key in self._in_flight:
+                    waiting.append(self._in_flight[state.key])
                 elif state.refresh_due(now, interval):
-                    started.append(state.key)
-            if started:
-                batch = self._health.batch(len(started))
-                for key in started:
-                    future = self._executor.submit(self._fetch_run, key, batch)
+                    work.append((state.key, self._fetch_configured_task(state.key)))
+            for workflow in self._config.workflows:
+                history = self._book.get(workflow.id)
+                if history is None:
+                    continue
+                if workflow.discover:
+                    key = ("discover", workflow.id)
+                    if key in self._in_flight:
+                        waiting.append(self._in_flight[key])
+                    elif _cycle_due(
+                        history.discovery.last_cycle,
+                        self._cycle_attempted.get(workflow.id),
+                        wall,
+                        interval,
+                    ):
+                        self._cycle_attempted[workflow.id] = wall
+                        work.append((key, self._discovery_task(workflow)))
+                else:
+                    # runs known only from webhooks: fetched for createdAt and status
+                    for run_id in history.due_for_fetch(wall, interval, set(workflow.runs)):
+                        key = ("run", workflow.id, run_id)
+                        if key not in self._in_flight:
+                            work.append((key, self._fetch_tracked_task(workflow.id, run_id)))
+            if work:
+                batch = self._health.batch(len(work))
+                for key, task in work:
+                    pool = self._coordinators if key[0] == "discover" else self._pool
+                    future = pool.submit(self._run, key, task, batch)
                     self._in_flight[key] = future
                     waiting.append(future)
-            elif self._probe_due(now):
+            elif not waiting and self._probe_due(now):
                 self._probe_started_at = now
-                self._probe = self._executor.submit(self._run_probe, self._health.batch(1))
+                self._probe = self._pool.submit(self._run_probe, self._health.batch(1))
             if self._probe is not None and not self._probe.done():
                 waiting.append(self._probe)
         if not waiting:
             return RefreshReport(0, 0, True)
         _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, deadline - self._clock()))
-        return RefreshReport(len(started), len(waiting), completed=not not_done)
+        return RefreshReport(len(work), len(waiting), completed=not not_done)
+
+    def _run(self, key: Hashable, task: Callable[[Batch], None], batch: Batch) -> None:
+        try:
+            task(batch)
+        finally:
+            with self._lock:
+                self._in_flight.pop(key, None)
+            self._book.flush()
+
+    # --- observations: every look at a run goes through here -------------------------
+
+    def _observe(self, workflow_id: str, run: Run, *, listed: bool) -> bool:
+        """Record what a fetch or a listing showed about a run, in the workflow's
+        history and, for a configured run, in its per-run state."""
+        history = self._book.get(workflow_id)
+        key = (workflow_id, run.run_id)
+        configured = self._store.get(key) is not None
+        tracked = True
+        if history is not None:
+            status_reported = run.raw_status is not None or not listed
+            tracked = history.observe(
+                run.run_id,
+                when=self._wall_clock(),
+                status=run.status if status_reported else None,
+                created_at=run.created_at,
+                credits=run.credits,
+                pinned=configured,
+            )
+        if configured and listed:
+            self._store.record_observation(key, run, self._clock(), listed=True)
+        return tracked
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def _fetch_configured_task(self, key: RunKey) -> Callable[[Batch], None]:
+        def task(batch: Batch) -> None:
+            error: ApiError | None = None
+            try:
+                run = self._client.get_run(*key)
+            except ApiError as exc:
+                error = exc
+                self._store.record_failure(key, exc, self._clock())
+            except Exception as exc:  # a bug must cost one run's freshness, not the exporter
+                log.exception("unexpected error fetching workflow_id=%s run_id=%s", *key)
+                error = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
+                self._store.record_failure(key, error, self._clock())
+            else:
+                self._store.record_success(key, run, self._clock())
+                self._observe(key[0], run, listed=False)
+            batch.record(error)
+
+        return task
+
+    def _fetch_tracked_task(self, workflow_id: str, run_id: str) -> Callable[[Batch], None]:
+        def task(batch: Batch) -> None:
+            batch.record(self._fetch_tracked(workflow_id, run_id))
+
+        return task
+
+    def _fetch_tracked(self, workflow_id: str, run_id: str) -> ApiError | None:
+        history = self._book.get(workflow_id)
+        try:
+            run = self._client.get_run(workflow_id, run_id)
+        except ApiError as exc:
+            if history is not None:
+                if exc.kind == ErrorKind.NOT_FOUND:
+                    history.drop(run_id)  # gone from the API: stop asking
+                else:
+                    history.touch(run_id, self._wall_clock())
+            return exc
+        except Exception as exc:
+            log.exception("unexpected error fetching workflow_id=%s run_id=%s", workflow_id, run_id)
+            return ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
+        self._observe(workflow_id, run, listed=False)
+        return None
+
+    def _discovery_task(self, workflow: WorkflowConfig) -> Callable[[Batch], None]:
+        def task(batch: Batch) -> None:
+            history = self._book.get(workflow.id)
+            if history is None:
+                batch.record(None)
+                return
+            interval = self._config.collector.refresh_interval_seconds
+
+            def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
+                return self._fetch_pages(workflow, pages, batch)
+
+            try:
+                cycle = DiscoveryCycle(
+                    workflow,
+                    history,
+                    fetch_pages=fetch_pages,
+                    observe=lambda run: self._observe(workflow.id, run, listed=True),
+                    now=self._wall_clock(),
+                    parallel=self._config.api.max_concurrency,
+                )
+                result = cycle.run()
+                if result.error is not None:
+                    log.debug("discovery cycle incomplete workflow_id=%s", workflow.id)
+                history.forget(self._wall_clock())
+                # what listing did not refresh: active runs deep in history, runs
+                # without createdAt; configured runs have their own fetches
+                exclude = result.seen | set(workflow.runs)
+                due = history.due_for_fetch(self._wall_clock(), interval, exclude)
+                if due:
+                    batch.add(len(due))
+                    futures = [
+                        self._pool.submit(self._fetch_tracked_task(workflow.id, run_id), batch)
+                        for run_id in due
+                    ]
+                    concurrent.futures.wait(futures)
+            except Exception:
+                log.exception("unexpected error in discovery workflow_id=%s", workflow.id)
+            batch.record(None)  # the coordinator's own slot; its requests recorded theirs
+
+        return task
+
+    def _fetch_pages(
+        self, workflow: WorkflowConfig, pages: list[int], batch: Batch
+    ) -> dict[int, RunPage | ApiError]:
+        size = workflow.discovery.page_size
+        batch.add(len(pages))
+
+        def fetch(page: int) -> RunPage | ApiError:
+            try:
+                answer: RunPage | ApiError = self._client.list_runs(workflow.id, page, size)
+            except ApiError as exc:
+                answer = exc
+            except Exception as exc:
+                log.exception("unexpected error listing workflow_id=%s", workflow.id)
+                answer = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
+            batch.record(answer if isinstance(answer, ApiError) else None)
+            if isinstance(answer, RunPage) and answer.invalid_items:
+                log.warning(
+                    "run list page had unusable items workflow_id=%s page=%d items=%d",
+                    workflow.id,
+                    page,
+                    answer.invalid_items,
+                )
+            return answer
+
+        if len(pages) == 1:
+            return {pages[0]: fetch(pages[0])}
+        futures = {page: self._pool.submit(fetch, page) for page in pages}
+        return {page: future.result() for page, future in futures.items()}
+
+    # --- keeping copyai_up honest when nothing is due --------------------------------
 
     def _probe_due(self, now: float) -> bool:
         """With nothing else to fetch, check now and then that the API still takes the key,
@@ -93,24 +280,6 @@ class Refresher:
         if self._probe is not None and not self._probe.done():
             return False
         return now - max(self._health.last_answer_at, self._probe_started_at) >= every
-
-    def _fetch_run(self, key: RunKey, batch: Batch) -> None:
-        error: ApiError | None = None
-        try:
-            run = self._client.get_run(*key)
-        except ApiError as exc:
-            error = exc
-            self._store.record_failure(key, exc, self._clock())
-        except Exception as exc:  # a bug must cost one run's freshness, not the exporter
-            log.exception("unexpected error fetching workflow_id=%s run_id=%s", *key)
-            error = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
-            self._store.record_failure(key, error, self._clock())
-        else:
-            self._store.record_success(key, run, self._clock())
-        finally:
-            with self._lock:
-                self._in_flight.pop(key, None)
-        batch.record(error)
 
     def _run_probe(self, batch: Batch) -> None:
         workflow_id = self._config.workflows[0].id
@@ -130,4 +299,13 @@ class Refresher:
         fetches already running have finished."""
         with self._lock:
             self._closed = True
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        # coordinators first: a running discovery cycle still needs the fetch pool
+        self._coordinators.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _cycle_due(
+    last_cycle: float | None, last_attempt: float | None, now: float, interval: float
+) -> bool:
+    latest = max(t for t in (last_cycle, last_attempt, -math.inf) if t is not None)
+    return now - latest >= interval

@@ -16,11 +16,27 @@ from prometheus_client.process_collector import ProcessCollector
 from exporter.client import CopyaiClient
 from exporter.collector import CopyaiCollector, View
 from exporter.config import Config
+from exporter.history import HistoryBook
+from exporter.model import Run
+from exporter.persistence import MemoryStore, SqliteStore, StateStore
 from exporter.refresh import Refresher, RefreshReport
 from exporter.state import ApiHealth, RunStore
 from exporter.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+
+def open_state_store(config: Config) -> StateStore:
+    """The configured store; raises persistence.StateError if it cannot be used."""
+    if config.state.path:
+        store = SqliteStore(config.state.path)
+        log.info("workflow history is kept in %s", config.state.path)
+        return store
+    log.warning(
+        "no state.path configured: workflow history (counters, durations, last success, "
+        "discovered runs) is kept in memory and starts afresh after a restart"
+    )
+    return MemoryStore()
 
 
 class Exporter:
@@ -35,6 +51,7 @@ class Exporter:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         process_metrics: bool = True,
+        state_store: StateStore | None = None,
     ):
         self._session_factory = session_factory
         self._clock = clock
@@ -48,6 +65,9 @@ class Exporter:
             ProcessCollector(registry=self.registry)
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
         self.store = RunStore(config.run_keys())
+        self.book = HistoryBook(state_store or open_state_store(config), wall_clock)
+        self.book.configure(config)
+        self._seed_configured_runs(config)
         self.config = config
         self._client = self._make_client(config)
         self._refresher = self._make_refresher(config, self._client)
@@ -67,11 +87,39 @@ class Exporter:
         )
 
     def _make_refresher(self, config: Config, client: CopyaiClient) -> Refresher:
-        return Refresher(config, client, self.store, self.health, clock=self._clock)
+        return Refresher(
+            config,
+            client,
+            self.store,
+            self.health,
+            self.book,
+            clock=self._clock,
+            wall_clock=self._wall_clock,
+        )
+
+    def _seed_configured_runs(self, config: Config) -> None:
+        """Configured runs known from persisted history (finished ones above all) need
+        no fetch after a restart."""
+        for workflow in config.workflows:
+            history = self.book.get(workflow.id)
+            if history is None:
+                continue
+            with history.lock:
+                known = [history.runs.get(run_id) for run_id in workflow.runs]
+            for tracked in known:
+                if tracked is not None and tracked.status is not None:
+                    run = Run(
+                        run_id=tracked.run_id,
+                        status=tracked.status,
+                        created_at=tracked.created_at,
+                        credits=tracked.credits,
+                        raw_status=tracked.status.value,
+                    )
+                    self.store.seed((workflow.id, tracked.run_id), run)
 
     def view(self) -> View:
         with self._lock:
-            return View(self.config, self.store, self.health, self._scrape_duration)
+            return View(self.config, self.store, self.health, self._scrape_duration, self.book)
 
     def refresh(self, deadline: float) -> RefreshReport:
         """Bring state up to date as far as `deadline` (monotonic) allows."""
@@ -100,6 +148,10 @@ class Exporter:
                     self.store.sync(())  # another API: nothing we know applies
                 self._client = self._make_client(config)
             self.store.sync(config.run_keys())
+            if config.state != self.config.state:
+                log.warning("state.path changes take effect at the next restart")
+            self.book.configure(config)
+            self._seed_configured_runs(config)
             self.config = config
             self._refresher = self._make_refresher(config, self._client)
         client_replaced = old_client is not self._client
@@ -125,3 +177,4 @@ class Exporter:
         with self._lock:
             self._refresher.close(wait=False)
             self._client.close()
+        self.book.close()

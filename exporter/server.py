@@ -16,13 +16,14 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
 from exporter.runtime import Exporter
 
 log = logging.getLogger(__name__)
 
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 # Fetches are given at least this share of the budget even when the offset is larger.
 MIN_REFRESH_SHARE = 0.5
@@ -87,9 +88,12 @@ class ExporterApp:
             self._exporter.refresh(deadline=started + budget - offset)
         except Exception:  # never let a refresh bug take /metrics down
             log.exception("refresh failed; answering with what is known")
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        output = encoder(self._exporter.registry)
-        headers = [("Content-Type", content_type)]
+        # Always the classic text format, even when OpenMetrics is offered: the fixed
+        # names copyai_workflow_run_credits (gauge) and ..._credits_total (counter) are
+        # two families there, but one family name in OpenMetrics, which would fail the
+        # whole scrape.
+        output = generate_latest(self._exporter.registry)
+        headers = [("Content-Type", TEXT_FORMAT)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             output = gzip.compress(output, compresslevel=3)
             headers.append(("Content-Encoding", "gzip"))

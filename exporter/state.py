@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from exporter.client import ApiError, ErrorKind
-from exporter.model import Run
+from exporter.model import Run, RunStatus, merge_runs
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,40 @@ class RunStore:
                 key[1],
                 run.status.value,
             )
-        if run.status.value == "UNKNOWN" and (previous.run is None or previous.run != run):
+        if run.status is RunStatus.UNKNOWN and (
+            previous.run is None or previous.run.raw_status != run.raw_status
+        ):
             log.warning(
                 "run has an undocumented or missing status workflow_id=%s run_id=%s status=%r",
                 key[0],
                 key[1],
                 (run.raw_status or "")[:64],
             )
+
+    def record_observation(
+        self, key: RunKey, run: Run, now: float, *, listed: bool = False
+    ) -> None:
+        """What a listing or a webhook said about a configured run: merged into what is
+        known (fields it lacks keep their values), and counted as fresh so the run is not
+        fetched again before the refresh interval."""
+        with self._lock:
+            previous = self._states.get(key)
+            if previous is None:
+                return
+            merged = merge_runs(previous.run, run)
+            if listed:
+                self._states[key] = replace(
+                    previous, run=merged, fetch_ok=True, attempted_at=now, error=None
+                )
+            else:
+                self._states[key] = replace(previous, run=merged, attempted_at=now)
+
+    def seed(self, key: RunKey, run: Run) -> None:
+        """Known from persisted history: a finished run needs no fetch after a restart."""
+        with self._lock:
+            previous = self._states.get(key)
+            if previous is not None and previous.run is None:
+                self._states[key] = replace(previous, run=run)
 
     def record_failure(self, key: RunKey, error: ApiError, now: float) -> None:
         with self._lock:
@@ -170,6 +197,11 @@ class Batch:
         self.answered = False
         self.refused = False
         self.errors = 0
+
+    def add(self, count: int) -> None:
+        """More requests joined this batch (call before the joining task records)."""
+        with self.health._lock:
+            self.pending += count
 
     def record(self, error: ApiError | None) -> None:
         self.health._record(self, error)

@@ -259,7 +259,7 @@ def test_oversized_key_file_is_refused(tmp_path, capsys):
     status, out, err = check(path, capsys)
     assert status == 2
     assert "api.api_key_file:" in err
-    assert "too large to hold an API key" in err
+    assert "too large to hold the API key" in err
     assert "kkkkkkkk" not in out + err
 
 

@@ -1,0 +1,599 @@
+"""Workflow history: every run the exporter has seen for a workflow, and the counters,
+duration histogram and timestamps derived from what it saw happen.
+
+The rule that keeps counters honest across restarts: a workflow is watched from a
+moment (`watch_start`, persisted). A run created before it is *baseline*: it is
+tracked, but its creation and (unless we saw it active first) its end are not events.
+A run created after it is *watched*: its creation, retries and end are counted once
+each, even when it started and finished between two looks. Each run remembers what has
+been counted for it, so a run seen again (by polling, a listing or a webhook) is never
+counted twice. Decisions that need `createdAt` wait until it is known.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from exporter.config import Config, DiscoveryConfig
+from exporter.model import ALL_STATUSES, RunStatus
+from exporter.persistence import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+BASELINE, WATCHED = "baseline", "watched"
+
+
+@dataclass(slots=True)
+class TrackedRun:
+    run_id: str
+    first_seen: float
+    created_at: float | None = None
+    status: RunStatus | None = None  # None until a status has been reported
+    credits: float | None = None
+    last_seen: float = 0.0  # wall time of the last observation with a status
+    origin: str | None = None  # BASELINE or WATCHED once createdAt is known
+    first_status: RunStatus | None = None
+    seen_active: bool = False
+    retry_pending: bool = False  # first seen RETRYING before createdAt was known
+    terminal_done: bool = False  # its end has been counted, or judged baseline
+    terminal_at: float | None = None  # when the end was observed (or delivered)
+    terminal_pending: bool = False  # ended before createdAt was known
+    credits_pending: bool = False  # counted as finished before credits were reported
+    duration_pending: bool = False
+    pinned: bool = False  # listed in the config: never forgotten
+
+    @property
+    def active(self) -> bool:
+        return self.status is not None and not self.status.terminal
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["status"] = self.status.value if self.status else None
+        record["first_status"] = self.first_status.value if self.first_status else None
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrackedRun:
+        data = dict(record)
+        for key in ("status", "first_status"):
+            data[key] = RunStatus.parse(data[key]) if data.get(key) else None
+        known = {f for f in cls.__slots__}  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class DiscoveryState:
+    """Where paging through the list endpoint stands, kept across refreshes."""
+
+    known_total: int | None = None
+    order: str = "unknown"  # newest_first, oldest_first or unknown
+    cursor: int = 0  # next page of an unfinished fill or sweep (0 = none)
+    cursor_total: int | None = None  # `total` when the cursor was saved
+    filled: bool = False  # the window has been paged through once
+    last_cycle: float | None = None  # wall time of the last complete cycle
+
+
+@dataclass
+class WorkflowSnapshot:
+    """What the collector needs, copied out under the lock."""
+
+    workflow_id: str
+    created: int
+    finished: int
+    failed: int
+    retried: int
+    credits: float
+    buckets: tuple[float, ...]
+    bucket_counts: tuple[int, ...]  # cumulative, one per bucket, then +Inf
+    duration_sum: float
+    last_success: float | None
+    last_failure: float | None
+    last_created: float | None
+    oldest_active_created: float | None
+    credit_limit_count: int
+    credit_limit_at: float | None
+    status_counts: dict[RunStatus, int]
+    active_runs: list[TrackedRun] = field(default_factory=list)  # oldest first, capped
+    tracked: int = 0
+
+
+class WorkflowHistory:
+    def __init__(
+        self,
+        workflow_id: str,
+        watch_start: float,
+        buckets: Iterable[float],
+        discovery: DiscoveryConfig | None = None,
+    ):
+        self.workflow_id = workflow_id
+        self.lock = threading.RLock()
+        self.watch_start = watch_start
+        self.discovery_config = discovery or DiscoveryConfig()
+        self.buckets = tuple(buckets)
+        self.bucket_hits = [0] * (len(self.buckets) + 1)  # not cumulative; last is +Inf
+        self.duration_sum = 0.0
+        self.created = self.finished = self.failed = self.retried = 0
+        self.credits = 0.0
+        self.last_success: float | None = None
+        self.last_failure: float | None = None
+        self.last_created: float | None = None
+        self.credit_limit_count = 0
+        self.credit_limit_at: float | None = None
+        self.forget_horizon = -math.inf  # runs this old or older were dropped by the cap
+        self.discovery = DiscoveryState()
+        self.runs: dict[str, TrackedRun] = {}
+        self._status_counts: Counter[RunStatus] = Counter()
+        self._active: set[str] = set()
+        self.dirty_runs: set[str] = set()
+        self.removed_runs: set[str] = set()
+        self.meta_dirty = True
+        self._cap_warned = False
+
+    # --- observations ----------------------------------------------------------------
+
+    def observe(
+        self,
+        run_id: str,
+        *,
+        when: float,
+        status: RunStatus | None = None,
+        created_at: float | None = None,
+        credits: float | None = None,
+        pinned: bool = False,
+    ) -> bool:
+        """Apply what one look at a run showed. Returns False if the run is ignored
+        (older than the window, or dropped by the cap before)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is None:
+                if not pinned and created_at is not None and self._too_old(created_at, when):
+                    return False
+                run = TrackedRun(run_id=run_id, first_seen=when, pinned=pinned)
+                self.runs[run_id] = run
+            elif pinned:
+                run.pinned = True
+            self.dirty_runs.add(run_id)
+            self.removed_runs.discard(run_id)
+            if created_at is not None and run.created_at is None:
+                run.created_at = created_at
+                if self.last_created is None or created_at > self.last_created:
+                    self.last_created = created_at
+                    self.meta_dirty = True
+            if credits is not None:
+                run.credits = credits
+                if run.credits_pending:
+                    run.credits_pending = False
+                    self._add_credits(credits)
+            if status is not None:
+                self._apply_status(run, status, when)
+            if run.origin is None and run.created_at is not None:
+                self._decide_origin(run)
+            if run.duration_pending and run.created_at is not None:
+                run.duration_pending = False
+                self._observe_duration(run)
+            return True
+
+    def _too_old(self, created_at: float, now: float) -> bool:
+        window_start = now - self.discovery_config.window_seconds
+        return created_at < window_start or created_at <= self.forget_horizon
+
+    def _apply_status(self, run: TrackedRun, status: RunStatus, when: float) -> None:
+        previous = run.status
+        if previous is not None:
+            self._status_counts[previous] -= 1
+        self._status_counts[status] += 1
+        run.status = status
+        run.last_seen = when
+        if run.first_status is None:
+            run.first_status = status
+        if status.terminal:
+            self._active.discard(run.run_id)
+        else:
+            self._active.add(run.run_id)
+            run.seen_active = True
+        if status is RunStatus.RETRYING and previous is not status:
+            if previous is not None or run.origin == WATCHED:
+                self._count("retried")  # seen entering RETRYING, or created so while watched
+            elif run.origin is None:
+                run.retry_pending = True
+        if status.terminal and not run.terminal_done and not run.terminal_pending:
+            run.terminal_at = when
+            if run.seen_active or run.origin == WATCHED:
+                self._count_end(run)
+            elif run.origin == BASELINE:
+                self._baseline_end(run)
+            else:
+                run.terminal_pending = True  # decided once createdAt is known
+
+    def _decide_origin(self, run: TrackedRun) -> None:
+        assert run.created_at is not None
+        run.origin = WATCHED if run.created_at >= self.watch_start else BASELINE
+        if run.origin == WATCHED:
+            self._count("created")
+            if run.retry_pending:
+                self._count("retried")  # created while watched, first seen retrying
+        run.retry_pending = False
+        if run.terminal_pending:
+            run.terminal_pending = False
+            if run.origin == WATCHED or run.seen_active:
+                self._count_end(run)
+            else:
+                self._baseline_end(run)
+
+    def _count_end(self, run: TrackedRun) -> None:
+        run.terminal_done = True
+        self._count("finished")
+        at = run.terminal_at if run.terminal_at is not None else run.last_seen
+        if run.status is RunStatus.FAILED:
+            self._count("failed")
+            self.last_failure = max(self.last_failure or at, at)
+        else:
+            self.last_success = max(self.last_success or at, at)
+        if run.credits is not None:
+            self._add_credits(run.credits)
+        else:
+            run.credits_pending = True
+        if run.created_at is not None:
+            self._observe_duration(run)
+        else:
+            run.duration_pending = True
+
+    def _baseline_end(self, run: TrackedRun) -> None:
+        """It ended before we watched (or we cannot tell): not an event, but the workflow
+        did succeed or fail at least as late as the run's creation."""
+        run.terminal_done = True
+        if run.created_at is None:
+            return
+        if run.status is RunStatus.FAILED:
+            self.last_failure = max(self.last_failure or run.created_at, run.created_at)
+        else:
+            self.last_success = max(self.last_success or run.created_at, run.created_at)
+        self.meta_dirty = True
+
+    def _observe_duration(self, run: TrackedRun) -> None:
+        assert run.created_at is not None
+        end = run.terminal_at if run.terminal_at is not None else run.last_seen
+        seconds = max(0.0, end - run.created_at)
+        self.bucket_hits[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.duration_sum += seconds
+        self.meta_dirty = True
+
+    def _count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+        self.meta_dirty = True
+
+    def _add_credits(self, credits: float) -> None:
+        self.credits += credits
+        self.meta_dirty = True
+
+    def credit_limit_reached(self, when: float) -> None:
+        with self.lock:
+            self.credit_limit_count += 1
+            self.credit_limit_at = max(self.credit_limit_at or when, when)
+            self.meta_dirty = True
+
+    # --- keeping it bounded ----------------------------------------------------------
+
+    def set_pinned(self, run_ids: Iterable[str], drop_unpinned: bool) -> None:
+        """Mark the configured runs; runs no longer configured are dropped when nothing
+        else (discovery) would keep them up to date."""
+        pinned = set(run_ids)
+        with self.lock:
+            for run in list(self.runs.values()):
+                if run.pinned and run.run_id not in pinned and drop_unpinned:
+                    self._drop(run)
+                elif run.pinned != (run.run_id in pinned):
+                    run.pinned = run.run_id in pinned
+                    self.dirty_runs.add(run.run_id)
+
+    def forget(self, now: float) -> int:
+        """Drop finished runs that left the window, then enforce the cap. Returns how
+        many runs were dropped."""
+        config = self.discovery_config
+        window_start = now - config.window_seconds
+        with self.lock:
+            dropped = [
+                run
+                for run in self.runs.values()
+                if not run.pinned
+                and (
+                    (run.terminal_done and (run.created_at or now) < window_start)
+                    or (run.created_at is None and run.first_seen < window_start)
+                )
+            ]
+            for run in dropped:
+                self._drop(run)
+            excess = len(self.runs) - config.max_tracked_runs
+            if excess > 0:
+                candidates = sorted(
+                    (r for r in self.runs.values() if not r.pinned),
+                    key=lambda r: (r.active, r.created_at or -math.inf),
+                )[:excess]
+                for run in candidates:
+                    self._drop(run)
+                    if run.created_at is not None:
+                        self.forget_horizon = max(self.forget_horizon, run.created_at)
+                self.meta_dirty = True
+                if not self._cap_warned:
+                    self._cap_warned = True
+                    log.warning(
+                        "workflow_id=%s tracks more than max_tracked_runs=%d runs; the oldest "
+                        "are dropped (finished first) and not counted if they change later",
+                        self.workflow_id,
+                        config.max_tracked_runs,
+                    )
+                dropped.extend(candidates)
+            return len(dropped)
+
+    def _drop(self, run: TrackedRun) -> None:
+        if self.runs.pop(run.run_id, None) is None:
+            return
+        if run.status is not None:
+            self._status_counts[run.status] -= 1
+        self._active.discard(run.run_id)
+        self.dirty_runs.discard(run.run_id)
+        self.removed_runs.add(run.run_id)
+
+    # --- reading ---------------------------------------------------------------------
+
+    def due_for_fetch(self, now: float, interval: float, exclude: set[str]) -> list[str]:
+        """Runs whose state only a per-run fetch can bring: active ones not seen for an
+        interval, and runs whose createdAt is still unknown."""
+        with self.lock:
+            due = [
+                run_id
+                for run_id in self._active
+                if run_id not in exclude and now - self.runs[run_id].last_seen >= interval
+            ]
+            due.extend(
+                run.run_id
+                for run in self.runs.values()
+                if run.created_at is None
+                and run.run_id not in exclude
+                and not run.active
+                and now - max(run.last_seen, run.first_seen) >= interval
+            )
+            return due
+
+    def touch(self, run_id: str, when: float) -> None:
+        """A fetch of the run was attempted: do not try again before the interval."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is not None:
+                run.last_seen = when
+
+    def drop(self, run_id: str) -> None:
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is not None and not run.pinned:
+                self._drop(run)
+
+    def known(self, run_id: str) -> bool:
+        with self.lock:
+            return run_id in self.runs
+
+    def oldest_active_created(self) -> float | None:
+        with self.lock:
+            times = [
+                self.runs[r].created_at for r in self._active if self.runs[r].created_at is not None
+            ]
+            return min(times) if times else None  # type: ignore[type-var]
+
+    def snapshot(self, run_series_limit: int = 0) -> WorkflowSnapshot:
+        with self.lock:
+            cumulative, total = [], 0
+            for hits in self.bucket_hits:
+                total += hits
+                cumulative.append(total)
+            active_runs: list[TrackedRun] = []
+            if run_series_limit > 0:
+                candidates = [self.runs[r] for r in self._active if not self.runs[r].pinned]
+                candidates.sort(key=lambda r: (r.created_at or math.inf, r.run_id))
+                active_runs = [
+                    TrackedRun(**{s: getattr(r, s) for s in TrackedRun.__slots__})  # type: ignore[attr-defined]
+                    for r in candidates[:run_series_limit]
+                ]
+            return WorkflowSnapshot(
+                workflow_id=self.workflow_id,
+                created=self.created,
+                finished=self.finished,
+                failed=self.failed,
+                retried=self.retried,
+                credits=self.credits,
+                buckets=self.buckets,
+                bucket_counts=tuple(cumulative),
+                duration_sum=self.duration_sum,
+                last_success=self.last_success,
+                last_failure=self.last_failure,
+                last_created=self.last_created,
+                oldest_active_created=self.oldest_active_created(),
+                credit_limit_count=self.credit_limit_count,
+                credit_limit_at=self.credit_limit_at,
+                status_counts={s: self._status_counts.get(s, 0) for s in ALL_STATUSES},
+                active_runs=active_runs,
+                tracked=len(self.runs),
+            )
+
+    # --- persistence -----------------------------------------------------------------
+
+    def meta_record(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "watch_start": self.watch_start,
+                "created": self.created,
+                "finished": self.finished,
+                "failed": self.failed,
+                "retried": self.retried,
+                "credits": self.credits,
+                "buckets": list(self.buckets),
+                "bucket_hits": list(self.bucket_hits),
+                "duration_sum": self.duration_sum,
+                "last_success": self.last_success,
+                "last_failure": self.last_failure,
+                "last_created": self.last_created,
+                "credit_limit_count": self.credit_limit_count,
+                "credit_limit_at": self.credit_limit_at,
+                "forget_horizon": None if self.forget_horizon == -math.inf else self.forget_horizon,
+                "discovery": asdict(self.discovery),
+            }
+
+    def take_changes(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
+        """What changed since the last call: (meta or None, changed runs, removed ids)."""
+        with self.lock:
+            meta = self.meta_record() if self.meta_dirty or self.dirty_runs else None
+            runs = [self.runs[r].to_record() for r in self.dirty_runs if r in self.runs]
+            removed = list(self.removed_runs)
+            self.meta_dirty = False
+            self.dirty_runs.clear()
+            self.removed_runs.clear()
+            return meta, runs, removed
+
+    def mark_all_dirty(self) -> None:
+        with self.lock:
+            self.meta_dirty = True
+            self.dirty_runs.update(self.runs)
+
+    @classmethod
+    def restore(
+        cls,
+        workflow_id: str,
+        meta: dict[str, Any],
+        runs: Iterable[dict[str, Any]],
+        buckets: Iterable[float],
+        discovery: DiscoveryConfig | None,
+    ) -> WorkflowHistory:
+        history = cls(workflow_id, float(meta["watch_start"]), buckets, discovery)
+        for name in ("created", "finished", "failed", "retried", "credit_limit_count"):
+            setattr(history, name, int(meta.get(name, 0)))
+        history.credits = float(meta.get("credits", 0.0))
+        for name in ("last_success", "last_failure", "last_created", "credit_limit_at"):
+            setattr(history, name, meta.get(name))
+        horizon = meta.get("forget_horizon")
+        history.forget_horizon = -math.inf if horizon is None else float(horizon)
+        if tuple(meta.get("buckets", ())) == history.buckets:
+            history.bucket_hits = [int(x) for x in meta["bucket_hits"]]
+            history.duration_sum = float(meta.get("duration_sum", 0.0))
+        else:
+            log.warning(
+                "workflow_id=%s duration buckets changed; the duration histogram restarts",
+                workflow_id,
+            )
+        known = set(DiscoveryState.__dataclass_fields__)
+        history.discovery = DiscoveryState(
+            **{k: v for k, v in meta.get("discovery", {}).items() if k in known}
+        )
+        for record in runs:
+            run = TrackedRun.from_record(record)
+            history.runs[run.run_id] = run
+            if run.status is not None:
+                history._status_counts[run.status] += 1
+            if run.active:
+                history._active.add(run.run_id)
+        history.meta_dirty = False
+        return history
+
+
+class HistoryBook:
+    """The history of every configured workflow, and its persistence."""
+
+    def __init__(self, store: StateStore, wall_clock: Callable[[], float]):
+        self.store = store
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._histories: dict[str, WorkflowHistory] = {}
+        self.backend_up = 1
+        self._workspace_limit_count = 0  # credit-limit events that name no workflow
+        self._workspace_limit_at: float | None = None
+        self._loaded = store.load()  # StateError here stops the start, nothing is lost
+
+    def configure(self, config: Config) -> None:
+        """Follow the configured workflows: keep, restore or start each one's history."""
+        buckets = config.collector.duration_buckets_seconds
+        now = self._wall_clock()
+        with self._lock:
+            current = self._histories
+            updated: dict[str, WorkflowHistory] = {}
+            for workflow in config.workflows:
+                history = current.get(workflow.id)
+                if history is None and workflow.id in self._loaded:
+                    meta, runs = self._loaded.pop(workflow.id)
+                    history = WorkflowHistory.restore(
+                        workflow.id, meta, runs, buckets, workflow.discovery
+                    )
+                    log.info(
+                        "restored history workflow_id=%s runs=%d watched_since=%s",
+                        workflow.id,
+                        len(history.runs),
+                        int(history.watch_start),
+                    )
+                elif history is None:
+                    history = WorkflowHistory(workflow.id, now, buckets, workflow.discovery)
+                else:
+                    history.discovery_config = workflow.discovery
+                    if history.buckets != tuple(buckets):
+                        with history.lock:
+                            history.buckets = tuple(buckets)
+                            history.bucket_hits = [0] * (len(buckets) + 1)
+                            history.duration_sum = 0.0
+                            history.meta_dirty = True
+                history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
+                updated[workflow.id] = history
+            removed = [wid for wid in current if wid not in updated]
+            self._histories = updated
+        if removed:
+            self._write(lambda: self.store.delete_workflows(removed))
+
+    def get(self, workflow_id: str) -> WorkflowHistory | None:
+        with self._lock:
+            return self._histories.get(workflow_id)
+
+    def all(self) -> list[WorkflowHistory]:
+        with self._lock:
+            return list(self._histories.values())
+
+    def workspace_credit_limit_reached(self, when: float) -> None:
+        with self._lock:
+            self._workspace_limit_count += 1
+            self._workspace_limit_at = max(self._workspace_limit_at or when, when)
+
+    def workspace_credit_limit(self) -> tuple[int, float | None]:
+        with self._lock:
+            return self._workspace_limit_count, self._workspace_limit_at
+
+    def flush(self) -> None:
+        """Write what changed since the last flush, all workflows in one transaction."""
+        with self._flush_lock:
+            histories = self.all()
+            changes = []
+            for history in histories:
+                meta, runs, removed = history.take_changes()
+                if meta is not None or runs or removed:
+                    changes.append((history.workflow_id, meta, runs, removed))
+            if changes and not self._write(lambda: self.store.save(changes)):
+                for history in histories:  # written next time instead
+                    history.mark_all_dirty()
+
+    def _write(self, action: Callable[[], None]) -> bool:
+        try:
+            action()
+        except StateError as exc:
+            if self.backend_up:
+                log.error("state not saved (kept in memory, retried on the next flush): %s", exc)
+            self.backend_up = 0
+            return False
+        if not self.backend_up:
+            log.info("state saved again")
+        self.backend_up = 1
+        return True
+
+    def close(self) -> None:
+        self.flush()
+        self.store.close()
