@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from exporter import __version__, simulator
 from exporter.config import Config, ConfigError, build_config, load_config_file
 from exporter.logs import FORMATS, LEVELS, REDACTOR, setup_logging
+from exporter.persistence import StateError
 from exporter.runtime import Exporter
 from exporter.server import ExporterApp, HttpServer, WebOptions, parse_listen_address
+from exporter.webhooks import WebhookApp, WebhookRegistrar
 
 log = logging.getLogger("exporter")
 
@@ -173,11 +175,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("configuration reload failed; keeping the running one\n%s", exc.render())
             exporter.config_failed()
             return False, exc.render()
-        REDACTOR.add(new.api.api_key.reveal())
+        _redact_secrets(new)
+        if (new.webhooks is None) != (exporter.config.webhooks is None) or (
+            new.webhooks
+            and exporter.config.webhooks
+            and new.webhooks.listen_address != exporter.config.webhooks.listen_address
+        ):
+            log.warning("webhooks.listen_address changes take effect at the next restart")
         exporter.apply_config(new)
         return True, "configuration reloaded"
 
-    exporter = Exporter(config)
+    try:
+        exporter = Exporter(config)
+    except StateError as exc:
+        log.error("%s (move the file away to start with empty history)", exc)
+        return EXIT_FAILURE
     return _serve(args, exporter, reload)
 
 
@@ -187,8 +199,14 @@ def _load(path: str) -> Config | None:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return None
-    REDACTOR.add(config.api.api_key.reveal())
+    _redact_secrets(config)
     return config
+
+
+def _redact_secrets(config: Config) -> None:
+    REDACTOR.add(config.api.api_key.reveal())
+    if config.webhooks is not None:
+        REDACTOR.add(config.webhooks.token.reveal())
 
 
 def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
@@ -205,19 +223,37 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
         scrape_timeout_offset=args.timeout_offset,
     )
     app = ExporterApp(exporter, options, locked_reload)
+    servers: list[HttpServer] = []
+    webhooks = exporter.config.webhooks
     try:
-        server = HttpServer(app, args.listen_address).start()
+        servers.append(HttpServer(app, args.listen_address).start())
+        if webhooks is not None:
+            receiver = WebhookApp(lambda: exporter.config.webhooks, exporter)
+            servers.append(HttpServer(receiver, webhooks.listen_address).start())
     except OSError as exc:
-        log.error("cannot listen on %s: %s", args.listen_address, exc.strerror or exc)
+        log.error("cannot listen: %s", exc.strerror or exc)
+        for server in servers:
+            server.stop()
         exporter.close()
         return EXIT_FAILURE
     log.info(
         "copyai-exporter %s listening url=%s%s pid=%d",
         __version__,
-        server.url,
+        servers[0].url,
         args.telemetry_path,
         os.getpid(),
     )
+    registrar = None
+    if webhooks is not None:
+        log.info("webhook receiver listening url=%s/webhook/<token>", servers[1].url)
+        if webhooks.register is not None:
+            registrar = WebhookRegistrar(
+                exporter.client,
+                webhooks.register,
+                webhooks.token.reveal(),
+                [w.id for w in exporter.config.workflows],
+            )
+            threading.Thread(target=registrar.register, name="copyai-register", daemon=True).start()
     signals = _Signals(queue.SimpleQueue())
     signals.install()
     while True:
@@ -229,7 +265,10 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
             break
     log.info("shutting down")
     app.shutting_down = True
-    server.stop()
+    if registrar is not None:
+        registrar.deregister()
+    for server in servers:
+        server.stop()
     exporter.close()
     return EXIT_OK
 

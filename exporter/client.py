@@ -226,6 +226,28 @@ class CopyaiClient:
         path = f"/workflow/{quote(workflow_id, safe='')}/run"
         return self._call("list_runs", path, {"size": str(size), "page": str(page)}, parse_run_page)
 
+    def list_webhooks(self, page: int = 0, size: int = 100) -> tuple[int, list[Webhook]]:
+        """One page of webhook registrations (pages start at 0 here, unlike runs)."""
+        return self._call(
+            "list_webhooks",
+            "/webhook",
+            {"size": str(size), "page": str(page)},
+            parse_webhook_page,
+            envelope=False,  # the docs show {"total", "data"} without status/data around it
+        )
+
+    def register_webhook(self, url: str, event_type: str, workflow_id: str | None) -> Webhook:
+        body: dict[str, str] = {"url": url, "eventType": event_type}
+        if workflow_id is not None:
+            body["workflowId"] = workflow_id
+        return self._call(
+            "register_webhook", "/webhook", None, parse_webhook, method="POST", body=body
+        )
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        path = f"/webhook/{quote(webhook_id, safe='')}"
+        self._call("delete_webhook", path, None, lambda _: None, method="DELETE", envelope=False)
+
     # --- plumbing --------------------------------------------------------------------
 
     def _call(
@@ -234,21 +256,33 @@ class CopyaiClient:
         path: str,
         params: Mapping[str, str] | None,
         parse: Callable[[Any], _T],
+        *,
+        method: str = "GET",
+        body: Any = None,
+        envelope: bool = True,
     ) -> _T:
         """One API operation: request (with retries), unwrap, parse; failures reported."""
         try:
-            body = self._request(endpoint, path, params)
+            answer = self._request(endpoint, path, params, method, body)
             try:
-                return parse(unwrap_success(body))
+                return parse(unwrap_success(answer) if envelope else answer)
             except PayloadError as exc:
                 raise ApiError(ErrorKind.BAD_RESPONSE, f"unusable payload: {exc}", 200) from None
         except ApiError as exc:
             self._observer.observe_error(endpoint, exc.kind)
             raise
 
-    def _request(self, endpoint: str, path: str, params: Mapping[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        method: str = "GET",
+        body: Any = None,
+    ) -> Any:
         last_error: ApiError | None = None
-        for attempt in range(self._max_retries + 1):
+        retries = 0 if method == "POST" else self._max_retries  # a POST may have landed
+        for attempt in range(retries + 1):
             if not self._limiter.acquire(max_wait=max(self._timeout, 1.0)):
                 raise ApiError(
                     ErrorKind.RATE_LIMITED,
@@ -258,11 +292,11 @@ class CopyaiClient:
             retry_after: float | None = None
             try:
                 with self._slots:
-                    return self._attempt(endpoint, path, params)
+                    return self._attempt(endpoint, path, params, method, body)
             except _RetryableError as exc:
                 last_error = exc.error
                 retry_after = exc.retry_after
-            if attempt == self._max_retries:
+            if attempt == retries:
                 break
             if retry_after is not None and retry_after > MAX_INLINE_RETRY_AFTER_SECONDS:
                 break
@@ -278,7 +312,14 @@ class CopyaiClient:
             return retry_after + self._rng.uniform(0, max(0.05, retry_after * 0.1))
         return jittered
 
-    def _attempt(self, endpoint: str, path: str, params: Mapping[str, str] | None) -> Any:
+    def _attempt(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        method: str = "GET",
+        body: Any = None,
+    ) -> Any:
         """One request (following same-origin redirects) with its body, within the timeout."""
         started = self._clock()
         deadline = started + self._timeout
@@ -288,9 +329,11 @@ class CopyaiClient:
             with watched(self._timeout) as guard:
                 for _ in range(MAX_REDIRECTS + 1):
                     try:
-                        response = self._session.get(
+                        response = self._session.request(
+                            method,
                             url,
                             params=params,
+                            json=body,
                             headers=self._headers,
                             timeout=(self._timeout, self._timeout),
                             allow_redirects=False,
@@ -304,6 +347,8 @@ class CopyaiClient:
                     with response:
                         code = str(response.status_code)
                         if response.is_redirect:
+                            if method != "GET":
+                                raise ApiError(ErrorKind.BAD_RESPONSE, "unexpected redirect", 300)
                             url = self._follow(url, response.headers.get("Location"))
                             params = None  # the Location carries its own query
                             continue
@@ -418,6 +463,47 @@ class _RetryableError(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: str
+    url: str
+    event_type: str
+    workflow_id: str | None
+
+
+def parse_webhook(data: object) -> Webhook:
+    if not isinstance(data, Mapping):
+        raise PayloadError("webhook is not an object")
+    webhook_id, url = data.get("id"), data.get("url")
+    event_type, workflow_id = data.get("eventType"), data.get("workflowId")
+    if not isinstance(webhook_id, str) or not isinstance(url, str):
+        raise PayloadError("webhook has no id or url")
+    if not isinstance(event_type, str):
+        raise PayloadError("webhook has no eventType")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise PayloadError("webhook workflowId is not a string")
+    return Webhook(webhook_id, url, event_type, workflow_id)
+
+
+def parse_webhook_page(data: object) -> tuple[int, list[Webhook]]:
+    if isinstance(data, Mapping) and data.get("status") == "success":
+        data = data.get("data")  # tolerate the usual envelope too
+    if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+        raise PayloadError("webhook list has no data array")
+    total = data.get("total")
+    if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
+        total = int(total.strip())
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise PayloadError("webhook list total is not an integer")
+    hooks = []
+    for item in data["data"]:
+        try:
+            hooks.append(parse_webhook(item))
+        except PayloadError:
+            continue
+    return total, hooks
 
 
 def parse_run_page(data: object) -> RunPage:

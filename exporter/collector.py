@@ -179,6 +179,15 @@ class CopyaiCollector(Collector):
                 assert run.status is not None
                 add_run([workflow.id, run.run_id], run.status, run.credits, run.created_at)
             workflow_families.add(snap)
+        for workflow_id in sorted(view.book.adopted()):  # unconfigured, from webhooks
+            history = view.book.get(workflow_id)
+            if history is None:
+                continue
+            info.add_metric([workflow_id, workflow_id], 1.0)
+            snap = history.snapshot()
+            for s, n in snap.status_counts.items():
+                per_workflow.add_metric([workflow_id, s.value], float(n))
+            workflow_families.add(snap)
         workflow_families.add_workspace(view.book.workspace_credit_limit())
         up.add_metric([], float(view.health.up))
         duration.add_metric([], view.scrape_duration)

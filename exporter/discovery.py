@@ -105,14 +105,17 @@ class DiscoveryCycle:
 
     def run(self) -> CycleResult:
         state = self.history.discovery
-        page_one = self._fetch([1]).get(1)
+        # Runs listed oldest first: the newest are on the last page, so start there.
+        start = 1
+        if state.order == OLDEST_FIRST and state.known_total:
+            start = max(1, math.ceil(state.known_total / self.size))
+        page_one = self._fetch([start]).get(start)
         if not isinstance(page_one, RunPage):
             return self.result
         self.total = page_one.total
         self.pages_total = max(1, math.ceil(self.total / self.size))
-        detected = detect_order(page_one.runs)
-        known_order = state.order if state.order != UNKNOWN else NEWEST_FIRST
-        self.order = detected or known_order
+        # the documented examples look newest first: assume it until a page says otherwise
+        self.order = detect_order(page_one.runs) or state.order or NEWEST_FIRST
         if self.order == UNKNOWN:
             self._warn_order()
             self._sweep()
@@ -262,7 +265,8 @@ class DiscoveryCycle:
         for run in page.runs:
             known = self.history.known(run.run_id)
             if self.observe(run):
-                self.result.seen.add(run.run_id)
+                if run.raw_status is not None:  # without a status it still needs a fetch
+                    self.result.seen.add(run.run_id)
                 if not known:
                     new_runs += 1
             if run.created_at is not None:

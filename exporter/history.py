@@ -28,6 +28,7 @@ from exporter.persistence import StateError, StateStore
 log = logging.getLogger(__name__)
 
 BASELINE, WATCHED = "baseline", "watched"
+MAX_ADOPTED_WORKFLOWS = 50
 
 
 @dataclass(slots=True)
@@ -73,7 +74,7 @@ class DiscoveryState:
     """Where paging through the list endpoint stands, kept across refreshes."""
 
     known_total: int | None = None
-    order: str = "unknown"  # newest_first, oldest_first or unknown
+    order: str = ""  # newest_first, oldest_first, unknown (no usable order), "" (not seen)
     cursor: int = 0  # next page of an unfinished fill or sweep (0 = none)
     cursor_total: int | None = None  # `total` when the cursor was saved
     filled: bool = False  # the window has been paged through once
@@ -345,7 +346,7 @@ class WorkflowHistory:
 
     def due_for_fetch(self, now: float, interval: float, exclude: set[str]) -> list[str]:
         """Runs whose state only a per-run fetch can bring: active ones not seen for an
-        interval, and runs whose createdAt is still unknown."""
+        interval, and runs whose createdAt or status is still unknown."""
         with self.lock:
             due = [
                 run_id
@@ -355,7 +356,7 @@ class WorkflowHistory:
             due.extend(
                 run.run_id
                 for run in self.runs.values()
-                if run.created_at is None
+                if (run.created_at is None or run.status is None)
                 and run.run_id not in exclude
                 and not run.active
                 and now - max(run.last_seen, run.first_seen) >= interval
@@ -510,6 +511,7 @@ class HistoryBook:
         self._flush_lock = threading.Lock()
         self._histories: dict[str, WorkflowHistory] = {}
         self.backend_up = 1
+        self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
         self._workspace_limit_count = 0  # credit-limit events that name no workflow
         self._workspace_limit_at: float | None = None
         self._loaded = store.load()  # StateError here stops the start, nothing is lost
@@ -546,6 +548,10 @@ class HistoryBook:
                             history.meta_dirty = True
                 history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
                 updated[workflow.id] = history
+            for workflow_id in self._adopted - set(updated):
+                if workflow_id in current:
+                    updated[workflow_id] = current[workflow_id]
+            self._adopted &= set(updated)
             removed = [wid for wid in current if wid not in updated]
             self._histories = updated
         if removed:
@@ -554,6 +560,29 @@ class HistoryBook:
     def get(self, workflow_id: str) -> WorkflowHistory | None:
         with self._lock:
             return self._histories.get(workflow_id)
+
+    def adopt(self, workflow_id: str, buckets: Iterable[float]) -> bool:
+        """Track a workflow that is not configured (webhooks.accept_unknown_workflows),
+        up to MAX_ADOPTED_WORKFLOWS so label cardinality stays bounded."""
+        with self._lock:
+            if workflow_id in self._histories:
+                return True
+            if len(self._adopted) >= MAX_ADOPTED_WORKFLOWS:
+                return False
+            self._adopted.add(workflow_id)
+            self._histories[workflow_id] = WorkflowHistory(workflow_id, self._wall_clock(), buckets)
+        log.info("tracking unconfigured workflow from webhooks workflow_id=%s", workflow_id)
+        return True
+
+    def adopted(self) -> set[str]:
+        with self._lock:
+            return set(self._adopted)
+
+    def workflow_of_run(self, run_id: str) -> str | None:
+        for history in self.all():
+            if history.known(run_id):
+                return history.workflow_id
+        return None
 
     def all(self) -> list[WorkflowHistory]:
         with self._lock:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Discovery coordinators mostly wait for page fetches, which run in the fetch pool.
 MAX_COORDINATORS = 4
+# in-flight keys: configured runs are (workflow_id, run_id); these objects cannot be ids
+_DISCOVER, _TRACKED = object(), object()
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Refresher:
                 if history is None:
                     continue
                 if workflow.discover:
-                    key = ("discover", workflow.id)
+                    key = (_DISCOVER, workflow.id)
                     if key in self._in_flight:
                         waiting.append(self._in_flight[key])
                     elif _cycle_due(
@@ -102,15 +104,14 @@ class Refresher:
                         self._cycle_attempted[workflow.id] = wall
                         work.append((key, self._discovery_task(workflow)))
                 else:
-                    # runs known only from webhooks: fetched for createdAt and status
-                    for run_id in history.due_for_fetch(wall, interval, set(workflow.runs)):
-                        key = ("run", workflow.id, run_id)
-                        if key not in self._in_flight:
-                            work.append((key, self._fetch_tracked_task(workflow.id, run_id)))
+                    work.extend(self._tracked_work(workflow.id, set(workflow.runs), wall))
+            for workflow_id in self._book.adopted():  # unconfigured, known from webhooks
+                work.extend(self._tracked_work(workflow_id, set(), wall))
             if work:
                 batch = self._health.batch(len(work))
                 for key, task in work:
-                    pool = self._coordinators if key[0] == "discover" else self._pool
+                    coordinator = isinstance(key, tuple) and key[:1] == (_DISCOVER,)
+                    pool = self._coordinators if coordinator else self._pool
                     future = pool.submit(self._run, key, task, batch)
                     self._in_flight[key] = future
                     waiting.append(future)
@@ -123,6 +124,22 @@ class Refresher:
             return RefreshReport(0, 0, True)
         _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, deadline - self._clock()))
         return RefreshReport(len(work), len(waiting), completed=not not_done)
+
+    def _tracked_work(
+        self, workflow_id: str, configured: set[str], wall: float
+    ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
+        """Runs of a workflow without discovery that webhooks told us about: fetched for
+        their createdAt and status (configured runs have fetches of their own)."""
+        history = self._book.get(workflow_id)
+        if history is None:
+            return []
+        interval = self._config.collector.refresh_interval_seconds
+        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        for run_id in history.due_for_fetch(wall, interval, configured):
+            key = (_TRACKED, workflow_id, run_id)
+            if key not in self._in_flight:
+                work.append((key, self._fetch_tracked_task(workflow_id, run_id)))
+        return work
 
     def _run(self, key: Hashable, task: Callable[[Batch], None], batch: Batch) -> None:
         try:

@@ -22,6 +22,7 @@ from exporter.persistence import MemoryStore, SqliteStore, StateStore
 from exporter.refresh import Refresher, RefreshReport
 from exporter.state import ApiHealth, RunStore
 from exporter.telemetry import Telemetry
+from exporter.webhooks import CREDIT_LIMIT, WebhookEvent
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ class Exporter:
                     )
                     self.store.seed((workflow.id, tracked.run_id), run)
 
+    @property
+    def client(self) -> CopyaiClient:
+        with self._lock:
+            return self._client
+
     def view(self) -> View:
         with self._lock:
             return View(self.config, self.store, self.health, self._scrape_duration, self.book)
@@ -169,6 +175,54 @@ class Exporter:
             len(config.workflows),
             len(self.store),
         )
+
+    # --- webhooks (the receiver's WebhookSink) ----------------------------------------
+
+    def known_workflow(self, workflow_id: str) -> bool:
+        return self.book.get(workflow_id) is not None
+
+    def workflow_of_run(self, run_id: str) -> str | None:
+        return self.book.workflow_of_run(run_id)
+
+    def adopt_workflow(self, workflow_id: str) -> bool:
+        return self.book.adopt(workflow_id, self.config.collector.duration_buckets_seconds)
+
+    def apply_webhook(self, event: WebhookEvent) -> None:
+        """A delivery updates state at once; polling still reconciles it later."""
+        when = self._wall_clock()
+        history = self.book.get(event.workflow_id) if event.workflow_id else None
+        if event.event_type == CREDIT_LIMIT:
+            if history is not None:
+                history.credit_limit_reached(when)
+            else:
+                self.book.workspace_credit_limit_reached(when)
+        elif history is not None and event.run_id is not None:
+            key = (history.workflow_id, event.run_id)
+            configured = self.store.get(key) is not None
+            history.observe(
+                event.run_id,
+                when=when,
+                status=event.status,
+                created_at=event.created_at,
+                credits=event.credits,
+                pinned=configured,
+            )
+            if configured and event.status is not None:
+                run = Run(
+                    run_id=event.run_id,
+                    status=event.status,
+                    created_at=event.created_at,
+                    credits=event.credits,
+                    raw_status=event.status.value,
+                )
+                self.store.record_observation(key, run, self._clock())
+        self.book.flush()
+
+    def webhook_rejected(self, reason: str) -> None:
+        self.telemetry.webhook_rejected.labels(reason).inc()
+
+    def webhook_accepted(self, event_type: str) -> None:
+        self.telemetry.webhook_events.labels(event_type).inc()
 
     def config_failed(self) -> None:
         self.telemetry.config_loaded(False)

@@ -33,11 +33,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import requests
 import yaml
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "demo-key"
+TICK_SECONDS = 0.1
 TERMINAL = ("COMPLETE", "FAILED")
 MAX_CONTROL_BODY = 1024 * 1024
 HTML_ERROR = (
@@ -116,6 +118,11 @@ class Faults:
     refuse_key: bool = False  # answer 401 to every API request
     drop_connections: bool = False  # close the connection without answering
     not_found: list[str] = field(default_factory=list)  # run ids answered 404
+    # behaviour, not faults, but settable the same way
+    spawn_per_minute: float = 0.0  # new runs per workflow and minute (0 = none)
+    spawn_fail_rate: float = 0.1  # share of spawned runs that end FAILED
+    list_omit_status_every: int = 0  # every Nth item of a list page has no status
+    list_order: str = "newest_first"  # or oldest_first, or shuffled (no order at all)
 
     def update(self, changes: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -143,6 +150,10 @@ class World:
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
         self.run_stats: Counter[str] = Counter()
+        self.webhooks: dict[str, dict[str, Any]] = {}  # id -> registration
+        self._pending: dict[str, SimRun] = {}  # runs whose end is not yet announced
+        self._outbox: list[tuple[str, SimRun | None, str | None]] = []  # (type, run, wf)
+        self._spawn_due: dict[str, float] = {}
         self._bucket_time = 0.0
         self._bucket_tokens = 0.0
 
@@ -178,7 +189,92 @@ class World:
         )
         with self.lock:
             self.runs[workflow_id][run.run_id] = run
+            if not run.terminal_at(self.clock()):
+                self._pending[run.run_id] = run
         return run
+
+    def start_run(self, workflow_id: str, fail: bool | None = None) -> SimRun:
+        """A run started through the API (or the spawner): announced by webhook."""
+        rng = self.rng
+        if fail is None:
+            fail = rng.random() < self.faults.spawn_fail_rate
+        steps: list[tuple[str, float | None]] = [
+            ("NEW", rng.uniform(0.5, 2)),
+            ("PROCESSING", rng.uniform(3, 15)),
+        ]
+        if rng.random() < 0.2:
+            steps += [("RETRYING", rng.uniform(1, 4)), ("PROCESSING", rng.uniform(1, 5))]
+        steps.append(("FAILED" if fail else "COMPLETE", None))
+        run = self.add_run(
+            workflow_id,
+            steps,
+            credits=rng.randint(1, 40),
+            credits_as_string=rng.random() < 0.5,
+            millis=rng.random() < 0.5,
+        )
+        with self.lock:
+            self._outbox.append(("workflowRun.started", run, workflow_id))
+        return run
+
+    def credit_limit_reached(self, workflow_id: str | None) -> None:
+        with self.lock:
+            self._outbox.append(("workflowCreditLimit.reached", None, workflow_id))
+
+    def tick(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Advance background behaviour: spawn runs, announce ends. Returns the webhook
+        deliveries to make as (registration, payload)."""
+        now = self.clock()
+        rate = self.faults.spawn_per_minute
+        if rate > 0:
+            for workflow_id in list(self.workflows):
+                due = self._spawn_due.setdefault(workflow_id, now)
+                while due <= now:
+                    self.start_run(workflow_id)
+                    due += 60.0 / rate
+                self._spawn_due[workflow_id] = due
+        with self.lock:
+            ended = [r for r in self._pending.values() if r.terminal_at(now)]
+            for run in ended:
+                del self._pending[run.run_id]
+                event = (
+                    "workflowRun.completed"
+                    if run.status_at(now) == "COMPLETE"
+                    else ("workflowRun.failed")
+                )
+                self._outbox.append((event, run, run.workflow_id))
+            outbox, self._outbox = self._outbox, []
+            hooks = list(self.webhooks.values())
+        deliveries = []
+        for event_type, run, workflow_id in outbox:
+            payload = _webhook_payload(event_type, run, workflow_id, now)
+            for hook in hooks:
+                if hook["eventType"] != event_type:
+                    continue
+                if hook.get("workflowId") not in (None, workflow_id):
+                    continue
+                deliveries.append((hook, payload))
+        return deliveries
+
+    def truth(self, since: float) -> dict[str, dict[str, float]]:
+        """Ground truth for runs created at or after `since`, per workflow."""
+        now = self.clock()
+        result: dict[str, dict[str, float]] = {}
+        with self.lock:
+            for workflow_id, runs in self.runs.items():
+                row = dict.fromkeys(("created", "finished", "failed", "credits", "active"), 0.0)
+                for run in runs.values():
+                    if run.created_at < since:
+                        continue
+                    row["created"] += 1
+                    status = run.status_at(now)
+                    if status in TERMINAL:
+                        row["finished"] += 1
+                        row["failed"] += status == "FAILED"
+                        row["credits"] += run.credits
+                    else:
+                        row["active"] += 1
+                result[workflow_id] = row
+        return result
 
     def all_runs(self) -> list[SimRun]:
         with self.lock:
@@ -224,14 +320,52 @@ class World:
             if workflow_id not in self.runs:
                 return 404, {"status": "error", "errorCode": "NOT_FOUND"}
             runs = sorted(self.runs[workflow_id].values(), key=lambda r: -r.created_at)
+        if self.faults.list_order == "oldest_first":
+            runs.reverse()
+        elif self.faults.list_order == "shuffled":  # stable across pages, but no order
+            runs.sort(key=lambda r: r.run_id)
         now = self.clock()
         chunk = runs[(page - 1) * size : page * size]
         items = [r.record(now) for r in chunk]
         for item in items[1::2]:  # the docs' list items sometimes lack these
             item.pop("input", None)
             item.pop("output", None)
+        every = self.faults.list_omit_status_every
+        if every > 0:
+            for item in items[every - 1 :: every]:
+                item.pop("status", None)
         total: int | str = len(runs) if page % 2 else str(len(runs))
         return 200, {"status": "success", "data": {"total": total, "data": items}}
+
+
+def _webhook_payload(
+    event_type: str, run: SimRun | None, workflow_id: str | None, now: float
+) -> dict[str, Any]:
+    """Both shapes senders use: the documented one (`result`) and the whole run record
+    plus `type` (`output`), alternating by run."""
+    if run is None:
+        payload: dict[str, Any] = {"type": event_type}
+        if workflow_id is not None:
+            payload["workflowId"] = workflow_id
+        return payload
+    record = run.record(now)
+    if int(run.run_id[-1], 16) % 2 == 0:
+        payload = {
+            "type": event_type,
+            "workflowRunId": run.run_id,
+            "workflowId": run.workflow_id,
+            "result": record.get("output", {}),
+            "metadata": record.get("metadata") or {},
+        }
+        if "credits" in record:
+            payload["credits"] = record["credits"]
+        return payload
+    return {
+        **record,
+        "type": event_type,
+        "workflowRunId": run.run_id,
+        "workflowId": run.workflow_id,
+    }
 
 
 def demo_world(api_key: str = DEFAULT_API_KEY, seed: int = 7) -> World:
@@ -329,6 +463,13 @@ def bulk_world(
 
 _RUN_PATH = re.compile(r"^/workflow/([A-Za-z0-9_-]+)/run/([A-Za-z0-9_-]+)$")
 _LIST_PATH = re.compile(r"^/workflow/([A-Za-z0-9_-]+)/run$")
+_WEBHOOK_PATH = re.compile(r"^/webhook(?:/([A-Za-z0-9_-]+))?$")
+WEBHOOK_EVENTS = (
+    "workflowRun.started",
+    "workflowRun.completed",
+    "workflowRun.failed",
+    "workflowCreditLimit.reached",
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -344,6 +485,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         world = self.server.world
         parts = urlsplit(self.path)
@@ -356,7 +500,15 @@ class _Handler(BaseHTTPRequestHandler):
             path = path[4:]
         run_match = _RUN_PATH.match(path)
         list_match = _LIST_PATH.match(path)
-        endpoint = "get_run" if run_match else "list_runs" if list_match else "other"
+        hook_match = _WEBHOOK_PATH.match(path)
+        if run_match:
+            endpoint = "get_run"
+        elif list_match:
+            endpoint = "list_runs" if method == "GET" else "start_run"
+        elif hook_match:
+            endpoint = f"{method.lower()}_webhook"
+        else:
+            endpoint = "other"
         with world.lock:
             world.stats[endpoint] += 1
             if run_match:
@@ -412,6 +564,43 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
 
+    def _webhook_api(self, method: str, hook_id: str | None, query: str, world: World) -> None:
+        if method == "POST" and hook_id is None:
+            body = self._read_body()
+            if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                return
+            if body.get("eventType") not in WEBHOOK_EVENTS:
+                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                return
+            hook = {
+                "id": world.new_id("WHK"),
+                "url": body["url"],
+                "eventType": body["eventType"],
+                "workflowId": body.get("workflowId"),
+            }
+            with world.lock:
+                world.webhooks[hook["id"]] = hook
+            self._json(200, {"status": "success", "data": hook})
+        elif method == "GET" and hook_id is None:
+            params = parse_qs(query)
+            size = int(params.get("size", ["10"])[0])
+            page = int(params.get("page", ["0"])[0])  # pages start at 0 here
+            with world.lock:
+                hooks = list(world.webhooks.values())
+            self._json(200, {"total": len(hooks), "data": hooks[page * size : (page + 1) * size]})
+        elif hook_id is not None and method in ("GET", "DELETE"):
+            with world.lock:
+                hook = world.webhooks.get(hook_id)
+                if hook is not None and method == "DELETE":
+                    del world.webhooks[hook_id]
+            if hook is None:
+                self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+            else:
+                self._json(200, {"status": "success", "data": hook})
+        else:
+            self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+
     def _control(self, method: str, path: str, world: World) -> None:
         try:
             if method == "GET" and path == "/_sim/stats":
@@ -439,6 +628,17 @@ class _Handler(BaseHTTPRequestHandler):
                 workflow_id = spec.pop("workflow_id")
                 steps = [tuple(step) for step in spec.pop("steps")]
                 run = world.add_run(workflow_id, steps, **spec)
+                self._json(200, {"workflow_id": run.workflow_id, "run_id": run.run_id})
+            elif method == "GET" and path == "/_sim/truth":
+                since = float(parse_qs(urlsplit(self.path).query).get("since", ["0"])[0])
+                self._json(200, world.truth(since))
+            elif method == "POST" and path == "/_sim/credit-limit":
+                body = self._read_body()
+                world.credit_limit_reached(body.get("workflow_id") if body else None)
+                self._json(200, {"ok": True})
+            elif method == "POST" and path == "/_sim/start":
+                body = self._read_body()
+                run = world.start_run(body["workflow_id"], body.get("fail"))
                 self._json(200, {"workflow_id": run.workflow_id, "run_id": run.run_id})
             elif method == "GET" and path == "/_sim/config":
                 host, port = self.server.server_address[:2]
@@ -499,12 +699,33 @@ class RunningSimulator:
             target=self.server.serve_forever, name="copyai-simulator", daemon=True
         )
         self.thread.start()
+        self._stop = threading.Event()
+        self._session = requests.Session()
+        self.ticker = threading.Thread(target=self._tick_loop, name="copyai-sim-tick", daemon=True)
+        self.ticker.start()
 
     @property
     def base_url(self) -> str:
         return self.server.base_url
 
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            for hook, payload in self.world.tick():
+                self._deliver(hook, payload)
+
+    def _deliver(self, hook: dict[str, Any], payload: dict[str, Any]) -> None:
+        try:
+            answer = self._session.post(hook["url"], json=payload, timeout=5)
+            outcome = "webhook_delivered" if answer.status_code < 300 else "webhook_refused"
+        except requests.RequestException:
+            outcome = "webhook_failed"
+        with self.world.lock:
+            self.world.stats[outcome] += 1
+
     def stop(self) -> None:
+        self._stop.set()
+        self.ticker.join(timeout=10)
+        self._session.close()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)

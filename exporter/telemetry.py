@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from exporter import __version__
 from exporter.client import ErrorKind
+from exporter.config import WEBHOOK_EVENT_TYPES
+from exporter.webhooks import REJECT_REASONS
 
-ENDPOINTS = ("get_run", "list_runs")
+ENDPOINTS = ("get_run", "list_runs")  # the ones every exporter uses; pre-set to zero
 API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -69,6 +71,25 @@ class Telemetry:
             "Unix time of the last successful configuration load.",
             registry=registry,
         )
+
+        self.webhook_events = Counter(
+            "copyai_webhook_events_total",
+            "Webhook deliveries accepted and applied, by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        self.webhook_rejected = Counter(
+            "copyai_webhook_requests_rejected_total",
+            "Requests to the webhook listener refused, by reason (unauthorized, too_large, "
+            "length_required, bad_json, bad_payload, unknown_event, unknown_workflow, "
+            "method_not_allowed, not_found).",
+            ["reason"],
+            registry=registry,
+        )
+        for event_type in WEBHOOK_EVENT_TYPES:
+            self.webhook_events.labels(event_type)
+        for reason in REJECT_REASONS:
+            self.webhook_rejected.labels(reason)
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()
