@@ -275,12 +275,18 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
 
 def _serve_demo(args: argparse.Namespace) -> int:
     world = simulator.demo_world()
+    world.faults.update({"spawn_per_minute": 4, "spawn_fail_rate": 0.15})
     sim = simulator.RunningSimulator(world)
     document = {
         "api": {"base_url": sim.base_url, "max_requests_per_second": 50},
         "collector": {"refresh_interval_seconds": 5},
         "workflows": [
-            {"id": wid, "name": name, "runs": list(world.runs[wid])}
+            {
+                "id": wid,
+                "name": name,
+                "runs": list(world.runs[wid]),  # these keep per-run series
+                "discover": True,  # and every new run is found and counted
+            }
             for wid, name in world.workflows.items()
         ],
     }

@@ -409,10 +409,13 @@ def _buckets(v: _Validator, m: Mapping[str, Any], path: str) -> tuple[float, ...
         return DEFAULT_DURATION_BUCKETS
     values: list[float] = []
     for i, item in enumerate(node):
-        number = v.number({"x": item}, f"{path}[{i}]", math.nan, 0.001, 31_536_000)
-        if math.isnan(number):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            v.problem(f"{path}[{i}]", f"must be a number, got {_type_name(item)}")
             return DEFAULT_DURATION_BUCKETS
-        values.append(number)
+        if not (math.isfinite(item) and 0.001 <= item <= 31_536_000):
+            v.problem(f"{path}[{i}]", "must be between 0.001 and 31536000 seconds")
+            return DEFAULT_DURATION_BUCKETS
+        values.append(float(item))
     if any(b <= a for a, b in itertools.pairwise(values)):
         v.problem(path, "must be strictly increasing")
         return DEFAULT_DURATION_BUCKETS

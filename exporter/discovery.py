@@ -28,6 +28,7 @@ from exporter.model import Run
 log = logging.getLogger(__name__)
 
 NEWEST_FIRST, OLDEST_FIRST, UNKNOWN = "newest_first", "oldest_first", "unknown"
+ORDER_TOLERANCE_SECONDS = 1.0
 
 # fetch these physical pages (concurrently); each result is a page or the error it got
 FetchPages = Callable[[list[int]], dict[int, RunPage | ApiError]]
@@ -43,16 +44,19 @@ class CycleResult:
 
 
 def detect_order(runs: tuple[Run, ...] | list[Run]) -> str | None:
-    """Order of one page by createdAt; None if it cannot tell (fewer than two distinct)."""
+    """Order of one page by createdAt; None if it cannot tell. Timestamps sent without
+    milliseconds may look up to a second out of order, so that much is tolerated."""
     times = [r.created_at for r in runs if r.created_at is not None]
-    if len(set(times)) < 2:
-        return None
     pairs = list(itertools.pairwise(times))
-    if all(a >= b for a, b in pairs):
+    against_newest_first = any(b > a + ORDER_TOLERANCE_SECONDS for a, b in pairs)
+    against_oldest_first = any(a > b + ORDER_TOLERANCE_SECONDS for a, b in pairs)
+    if against_newest_first and against_oldest_first:
+        return UNKNOWN
+    if against_oldest_first:
         return NEWEST_FIRST
-    if all(a <= b for a, b in pairs):
+    if against_newest_first:
         return OLDEST_FIRST
-    return UNKNOWN
+    return None
 
 
 class DiscoveryCycle:
@@ -138,11 +142,14 @@ class DiscoveryCycle:
         pages = [p for p in self.pages_covering(want) if p not in self.fetched]
         self._fetch(pages)
         # `total` can hide new runs (some deleted as others arrived): keep going while
-        # the deepest page fetched still shows runs we did not know.
+        # the deepest page fetched holds nothing but runs we did not know.
         while self.result.error is None and self.history.discovery.filled:
             walk = self._walk()
             deepest = walk[-1] if walk else None
-            if deepest is None or not self.fetched[deepest].new_runs:
+            if deepest is None:
+                break
+            facts = self.fetched[deepest]
+            if not facts.runs or facts.new_runs < len(facts.runs):
                 break
             if self.fetched[deepest].older_than_window:
                 break
@@ -189,7 +196,8 @@ class DiscoveryCycle:
                 break
             batch: list[int] = []
             cursor: int | None = page
-            while cursor is not None and len(batch) < self.parallel and self._budget(len(batch)):
+            width = self._fill_width(listed)
+            while cursor is not None and len(batch) < width and self._budget(len(batch)):
                 if cursor not in self.fetched:
                     batch.append(cursor)
                 cursor = self.next_page_away_from_newest(cursor)
@@ -210,6 +218,21 @@ class DiscoveryCycle:
             elif page is not None:
                 state.cursor, state.cursor_total = page, self.total
             self.history.meta_dirty = True
+
+    def _fill_width(self, listed: int) -> int:
+        """Pages to fetch at once: as many as run in parallel, but no more than the cap
+        on tracked runs and the window (estimated from the time the pages so far span)
+        can still use, so the last batch does not overshoot by much."""
+        width = min(self.parallel, math.ceil((self.config.max_tracked_runs - listed) / self.size))
+        facts = [f for f in self.fetched.values() if f.runs and math.isfinite(f.oldest)]
+        if facts:
+            newest = max(f.newest for f in facts)
+            oldest = min(f.oldest for f in facts)
+            span_per_page = (newest - oldest) / len(facts)
+            if span_per_page > 0:
+                remaining = math.ceil((oldest - self.window_start) / span_per_page)
+                width = min(width, remaining)
+        return max(1, width)
 
     def _resume_page(self) -> int | None:
         state = self.history.discovery
@@ -296,7 +319,7 @@ class DiscoveryCycle:
         ordered = sorted(self.fetched, reverse=self.order == OLDEST_FIRST)
         for newer_page, older_page in itertools.pairwise(ordered):
             a, b = self.fetched[newer_page], self.fetched[older_page]
-            if abs(newer_page - older_page) == 1 and b.newest > a.oldest:
+            if abs(newer_page - older_page) == 1 and b.newest > a.oldest + ORDER_TOLERANCE_SECONDS:
                 self.order = UNKNOWN
                 self._warn_order()
                 return

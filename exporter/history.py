@@ -163,6 +163,11 @@ class WorkflowHistory:
             self.dirty_runs.add(run_id)
             self.removed_runs.discard(run_id)
             if created_at is not None and run.created_at is None:
+                if not run.pinned and self._too_old(created_at, when):
+                    # first seen without createdAt (a webhook): it turns out to be a run
+                    # the window or the cap already let go of, so nothing is counted
+                    self._drop(run)
+                    return False
                 run.created_at = created_at
                 if self.last_created is None or created_at > self.last_created:
                     self.last_created = created_at
@@ -359,7 +364,7 @@ class WorkflowHistory:
                 if (run.created_at is None or run.status is None)
                 and run.run_id not in exclude
                 and not run.active
-                and now - max(run.last_seen, run.first_seen) >= interval
+                and now - run.last_seen >= interval  # 0 until a first fetch: due at once
             )
             return due
 
@@ -456,10 +461,12 @@ class WorkflowHistory:
             self.removed_runs.clear()
             return meta, runs, removed
 
-    def mark_all_dirty(self) -> None:
+    def requeue(self, removed: Iterable[str]) -> None:
+        """A flush failed: write everything, and these removals, next time."""
         with self.lock:
             self.meta_dirty = True
             self.dirty_runs.update(self.runs)
+            self.removed_runs.update(r for r in removed if r not in self.runs)
 
     @classmethod
     def restore(
@@ -512,6 +519,7 @@ class HistoryBook:
         self._histories: dict[str, WorkflowHistory] = {}
         self.backend_up = 1
         self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
+        self._pending_deletes: list[str] = []  # workflows no longer configured
         self._workspace_limit_count = 0  # credit-limit events that name no workflow
         self._workspace_limit_at: float | None = None
         self._loaded = store.load()  # StateError here stops the start, nothing is lost
@@ -555,7 +563,7 @@ class HistoryBook:
             removed = [wid for wid in current if wid not in updated]
             self._histories = updated
         if removed:
-            self._write(lambda: self.store.delete_workflows(removed))
+            self._pending_deletes.extend(removed)  # written by the next flush
 
     def get(self, workflow_id: str) -> WorkflowHistory | None:
         with self._lock:
@@ -606,9 +614,14 @@ class HistoryBook:
                 meta, runs, removed = history.take_changes()
                 if meta is not None or runs or removed:
                     changes.append((history.workflow_id, meta, runs, removed))
+            if self._pending_deletes and self._write(
+                lambda: self.store.delete_workflows(self._pending_deletes)
+            ):
+                self._pending_deletes = []
             if changes and not self._write(lambda: self.store.save(changes)):
+                removed_by = {workflow_id: removed for workflow_id, _, _, removed in changes}
                 for history in histories:  # written next time instead
-                    history.mark_all_dirty()
+                    history.requeue(removed_by.get(history.workflow_id, []))
 
     def _write(self, action: Callable[[], None]) -> bool:
         try:

@@ -182,6 +182,9 @@ class Exporter:
         return self.book.get(workflow_id) is not None
 
     def workflow_of_run(self, run_id: str) -> str | None:
+        for workflow in self.config.workflows:  # configured, even if never fetched yet
+            if run_id in workflow.runs:
+                return workflow.id
         return self.book.workflow_of_run(run_id)
 
     def adopt_workflow(self, workflow_id: str) -> bool:

@@ -24,6 +24,7 @@ from exporter.runtime import Exporter
 log = logging.getLogger(__name__)
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+_WEBHOOK_TOKEN_IN_PATH = re.compile(r"/webhook/[^\s?\"]+")
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 # Fetches are given at least this share of the budget even when the offset is larger.
 MIN_REFRESH_SHARE = 0.5
@@ -176,7 +177,9 @@ class _Handler(WSGIRequestHandler):
     timeout = 30
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s %s", self.address_string(), format % args)
+        # the webhook token travels in the path: never into the access log
+        line = _WEBHOOK_TOKEN_IN_PATH.sub("/webhook/<token>", format % args)
+        log.debug("http %s %s", self.address_string(), line)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

@@ -555,12 +555,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
                 return
             self._read_body()
-            run = world.add_run(
-                workflow_id,
-                [("NEW", 2), ("PROCESSING", 20), ("COMPLETE", None)],
-                credits=world.rng.randint(1, 40),
-            )
+            run = world.start_run(workflow_id)
             self._json(200, {"status": "success", "data": {"id": run.run_id}})
+        elif hook_match:
+            self._webhook_api(method, hook_match.group(1), parts.query, world)
         else:
             self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
 
@@ -751,6 +749,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate-limit", type=float, default=0.0, help="requests per second before 429 (0 = none)"
     )
+    parser.add_argument(
+        "--spawn-per-minute",
+        type=float,
+        default=0.0,
+        help="new runs started per workflow and minute (0 = none)",
+    )
+    parser.add_argument(
+        "--spawn-fail-rate", type=float, default=0.1, help="share of started runs that end FAILED"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--write-config",
@@ -781,6 +788,8 @@ def run_from_args(args: argparse.Namespace, stop: threading.Event) -> int:
             "latency_seconds": args.latency,
             "error_rate": args.error_rate,
             "rate_limit_per_second": args.rate_limit,
+            "spawn_per_minute": args.spawn_per_minute,
+            "spawn_fail_rate": args.spawn_fail_rate,
         }
     )
     sim = RunningSimulator(world, host.strip("[]") or "0.0.0.0", int(port))

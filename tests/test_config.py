@@ -482,3 +482,54 @@ def test_example_config_in_the_repository_is_valid(capsys):
     status, out, _ = check(REPO_ROOT / "config.example.yaml", capsys)
     assert status == 0
     assert "valid (1 workflow(s), 1 run(s))" in out
+
+
+def test_duration_buckets_are_read_and_checked():
+    config = parse_config(
+        f"collector:\n  duration_buckets_seconds: [1, 5, 25]\n{MINIMAL}", env={API_KEY_ENV: "k"}
+    )
+    assert config.collector.duration_buckets_seconds == (1.0, 5.0, 25.0)
+    for bad, message in (
+        ("[1, 2, x]", "duration_buckets_seconds[2]: must be a number, got a string"),
+        ("[5, 1]", "duration_buckets_seconds: must be strictly increasing"),
+        ("[]", "duration_buckets_seconds: must be a non-empty list of numbers"),
+        ("[0]", "duration_buckets_seconds[0]: must be between 0.001 and 31536000 seconds"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            parse_config(
+                f"collector:\n  duration_buckets_seconds: {bad}\n{MINIMAL}",
+                env={API_KEY_ENV: "k"},
+            )
+        assert f"collector.{message}" in str(error.value)
+
+
+def test_discovery_and_webhook_settings_are_validated(tmp_path):
+    text = (
+        "workflows:\n"
+        "  - id: WCFG-1\n"
+        "    discovery: {page_size: 500}\n"
+        "webhooks:\n"
+        "  listen_address: nowhere\n"
+        "  register: {event_types: [workflowRun.paused]}\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, env={API_KEY_ENV: "k", "COPYAI_WEBHOOK_TOKEN": "short"})
+    problems = "\n".join(error.value.problems)
+    for expected in (
+        "workflows[0].discovery.page_size: must be between 1 and 100, got 500",
+        "workflows[0].discovery: is set but discover is not true",
+        "webhooks.listen_address: must be host:port",
+        "webhooks: the webhook token must be at least 16 characters",
+        "webhooks.register.public_url: is required",
+        "webhooks.register.event_types: must be a list of",
+    ):
+        assert expected in problems
+    assert "short" not in problems
+
+
+def test_webhooks_need_a_token(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        parse_config(f"webhooks:\n  listen_address: 127.0.0.1:0\n{MINIMAL}", env={API_KEY_ENV: "k"})
+    assert "webhooks: no webhook token: set the environment variable COPYAI_WEBHOOK_TOKEN" in str(
+        error.value
+    )
