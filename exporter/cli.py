@@ -244,6 +244,7 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
         os.getpid(),
     )
     registrar = None
+    registration_stop = threading.Event()
     if webhooks is not None:
         log.info("webhook receiver listening url=%s/webhook/<token>", servers[1].url)
         if webhooks.register is not None:
@@ -253,7 +254,9 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
                 webhooks.token.reveal(),
                 [w.id for w in exporter.config.workflows],
             )
-            threading.Thread(target=registrar.register, name="copyai-register", daemon=True).start()
+            threading.Thread(
+                target=registrar.run, args=(registration_stop,), name="copyai-register", daemon=True
+            ).start()
     signals = _Signals(queue.SimpleQueue())
     signals.install()
     while True:
@@ -265,6 +268,7 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
             break
     log.info("shutting down")
     app.shutting_down = True
+    registration_stop.set()
     if registrar is not None:
         registrar.deregister()
     for server in servers:

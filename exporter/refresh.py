@@ -69,6 +69,7 @@ class Refresher:
         self._probe: concurrent.futures.Future[None] | None = None
         self._probe_started_at = -math.inf
         self._cycle_attempted: dict[str, float] = {}  # so a failing listing is not hammered
+        self._discovery_errors: dict[str, str | None] = {}
         self._closed = False
 
     # --- the scrape's entry point ----------------------------------------------------
@@ -220,7 +221,7 @@ class Refresher:
         def task(batch: Batch) -> None:
             history = self._book.get(workflow.id)
             if history is None:
-                batch.record(None)
+                batch.release()
                 return
             interval = self._config.collector.refresh_interval_seconds
 
@@ -237,8 +238,7 @@ class Refresher:
                     parallel=self._config.api.max_concurrency,
                 )
                 result = cycle.run()
-                if result.error is not None:
-                    log.debug("discovery cycle incomplete workflow_id=%s", workflow.id)
+                self._note_discovery(workflow.id, result.error)
                 history.forget(self._wall_clock())
                 # what listing did not refresh: active runs deep in history, runs
                 # without createdAt; configured runs have their own fetches
@@ -253,9 +253,27 @@ class Refresher:
                     concurrent.futures.wait(futures)
             except Exception:
                 log.exception("unexpected error in discovery workflow_id=%s", workflow.id)
-            batch.record(None)  # the coordinator's own slot; its requests recorded theirs
+            batch.release()  # the coordinator's own slot; its requests recorded theirs
 
         return task
+
+    def _note_discovery(self, workflow_id: str, error: ApiError | None) -> None:
+        """Log a failing listing once per change of error, and its recovery once."""
+        signature = error.signature if error is not None else None
+        previous = self._discovery_errors.get(workflow_id)
+        if signature == previous:
+            return
+        self._discovery_errors[workflow_id] = signature
+        if error is not None:
+            log.warning(
+                "run discovery failed workflow_id=%s kind=%s error=%r (logged again only "
+                "if the error changes)",
+                workflow_id,
+                error.kind,
+                str(error),
+            )
+        elif previous is not None:
+            log.info("run discovery recovered workflow_id=%s", workflow_id)
 
     def _fetch_pages(
         self, workflow: WorkflowConfig, pages: list[int], batch: Batch

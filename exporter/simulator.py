@@ -17,11 +17,13 @@ Control endpoints (no API key needed; bind to loopback):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -679,7 +681,27 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], world: World):
         self.world = world
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Keep-alive connections outlive shutdown(): cut them, as a dead API would."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     @property
     def base_url(self) -> str:
@@ -726,6 +748,7 @@ class RunningSimulator:
         self._session.close()
         self.server.shutdown()
         self.server.server_close()
+        self.server.close_connections()
         self.thread.join(timeout=10)
 
 

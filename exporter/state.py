@@ -169,12 +169,19 @@ class ApiHealth:
                     self.up = 0
                 if error.kind in _REFRESH_ERRORS:
                     batch.errors += 1
-            batch.pending -= 1
-            if batch.pending == 0:
-                if not batch.answered:
-                    self.up = 0
-                if batch.errors == 0:
-                    self.last_successful_refresh = self._wall_clock()
+            self._finish(batch)
+
+    def _release(self, batch: Batch) -> None:
+        with self._lock:
+            self._finish(batch)
+
+    def _finish(self, batch: Batch) -> None:
+        batch.pending -= 1
+        if batch.pending == 0:
+            if not batch.answered:
+                self.up = 0
+            if batch.errors == 0:
+                self.last_successful_refresh = self._wall_clock()
 
 
 # Errors that mean the refresh did not work, as opposed to an answer about one run.
@@ -204,4 +211,9 @@ class Batch:
             self.pending += count
 
     def record(self, error: ApiError | None) -> None:
+        """One request of the batch finished: None if the API answered it."""
         self.health._record(self, error)
+
+    def release(self) -> None:
+        """A slot that made no request of its own (a coordinator) is done."""
+        self.health._release(self)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -218,12 +219,24 @@ class WebhookRegistrar:
         self._workflow_ids = workflow_ids
         self.ids: list[str] = []
 
-    def register(self) -> None:
+    def run(self, stop: threading.Event, every: float = 300.0, retry: float = 30.0) -> None:
+        """Keep the registrations in place until `stop`: register at start, retry soon
+        after a failure, and check now and then that they still exist (an API-side
+        cleanup or a restarted simulator loses them)."""
+        while not stop.is_set():
+            complete = self.register()
+            if stop.wait(every if complete else retry):
+                return
+
+    def register(self) -> bool:
+        """Make sure every wanted registration exists. True if all of them do."""
         try:
             existing = self._existing()
         except ApiError as exc:
-            log.error("cannot list webhook registrations: %s; not registering", exc)
-            return
+            log.error("cannot list webhook registrations: %s; retrying later", exc)
+            return False
+        self.ids = []
+        complete = True
         scopes: list[str | None] = (
             list(self._workflow_ids) if self._registration.per_workflow else [None]
         )
@@ -242,9 +255,15 @@ class WebhookRegistrar:
                         workflow_id or "*",
                         exc,
                     )
+                    complete = False
                     continue
                 self.ids.append(hook.id)
-        log.info("webhooks registered count=%d", len(self.ids))
+                log.info(
+                    "webhook registered event_type=%s workflow_id=%s",
+                    event_type,
+                    workflow_id or "*",
+                )
+        return complete
 
     def _existing(self) -> dict[tuple[str, str | None], str]:
         found: dict[tuple[str, str | None], str] = {}

@@ -21,6 +21,13 @@ from exporter.simulator import RunningSimulator, World
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 API_KEY = "test-key-canary-7f3a9c"
+DEBIAN_PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "redis-server": "redis-server",
+}
 
 
 def require_tool(name: str) -> str:
@@ -28,9 +35,10 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
+    package = DEBIAN_PACKAGES.get(name, name)
     if IN_CI:
         pytest.fail(f"{name} is required under CI=true (.ci/run installs it)")
-    pytest.skip(f"{name} not installed (apt-get install prometheus); CI runs this test")
+    pytest.skip(f"{name} not installed (apt-get install {package}); CI runs this test")
     raise AssertionError  # unreachable
 
 

@@ -238,3 +238,17 @@ def test_order_detection_tolerates_timestamps_without_milliseconds():
     assert detect_order(page(90.0, 105.0, 80.0)) == UNKNOWN
     assert detect_order(page(100.0, 100.2)) is None  # cannot tell
     assert detect_order(page(100.0)) is None
+
+
+def test_api_down_during_discovery_sets_up_to_zero_and_logs_once(sim, world, make, caplog):
+    add_finished(world, 5)
+    exporter = make(refresh=0)
+    assert sample(scrape(exporter), "copyai_up") == 1
+    sim.stop()  # also cuts the pooled keep-alive connections
+    caplog.set_level("INFO", logger="exporter")
+    for _ in range(3):
+        samples = scrape(exporter)
+    assert sample(samples, "copyai_up") == 0
+    assert sample(samples, "copyai_api_errors_total", endpoint="list_runs", kind="unreachable") == 3
+    failures = [r for r in caplog.records if "run discovery failed" in r.getMessage()]
+    assert len(failures) == 1

@@ -1,0 +1,456 @@
+"""The ops bundle proven end to end: the shipped alert rules and dashboard against a real
+Prometheus and Alertmanager (Debian packages, on loopback) scraping the real exporter
+watching the simulator. Plus promtool/amtool checks of every shipped file."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from exporter.config import WebhookRegistration, build_config
+from exporter.runtime import Exporter
+from exporter.server import ExporterApp, HttpServer, WebOptions
+from exporter.simulator import RunningSimulator, World
+from exporter.webhooks import WebhookApp, WebhookRegistrar
+from tests.conftest import API_KEY, parse_samples, require_tool, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "grafana" / "dashboards" / "copyai-exporter.json"
+TOKEN = "e2e-webhook-token-0123456789abcdef"
+# Grafana's variables, as the "All" selection and a short test would set them
+VARIABLES = {
+    "$workflow": ".*",
+    "$job": "copyai-exporter",
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$__interval": "15s",
+}
+PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
+# --- static checks of the shipped files ------------------------------------------------
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_promtool_accepts_the_shipped_prometheus_config_and_rules():
+    promtool = require_tool("promtool")
+    for args in (
+        ("check", "config", str(ROOT / "prometheus" / "prometheus.yml")),
+        ("check", "rules", str(ALERTS)),
+        ("test", "rules", str(ROOT / "prometheus" / "alerts_test.yml")),
+    ):
+        result = run_tool(promtool, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_unit_tests_firing_and_silent():
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    tests = yaml.safe_load((ROOT / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    fired, silent = set(), set()
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = {rule["alert"] for rule in rules}
+    assert names == fired
+    assert names == silent
+    for rule in rules:
+        annotations = rule["annotations"]
+        assert {"summary", "description", "runbook_url"} <= set(annotations)
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert "for" in rule
+        anchor = annotations["runbook_url"].split("#", 1)[1]
+        assert f"### {rule['alert']}" in (ROOT / "README.md").read_text(), anchor
+
+
+def test_amtool_accepts_the_shipped_alertmanager_config():
+    amtool = require_tool("amtool")
+    result = run_tool(amtool, "check-config", str(ROOT / "alertmanager" / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_committed_dashboard_is_what_the_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_dashboard", ROOT / "tools" / "build_dashboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert DASHBOARD.read_text() == module.render(), "run python tools/build_dashboard.py"
+
+
+def test_dashboard_uses_only_built_in_panels_and_a_datasource_variable():
+    board = json.loads(DASHBOARD.read_text())
+    built_in = {"row", "stat", "timeseries", "table", "bargauge", "gauge", "text"}
+    assert {p["type"] for p in board["panels"]} <= built_in
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["workflow"]["definition"].startswith("label_values(copyai_workflow_info,")
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    assert "__inputs" not in board  # importable as is, through the UI or provisioning
+
+
+# --- the live stack --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Receiver:
+    """Alertmanager's webhook receiver, inside the test."""
+
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> tuple[ThreadingHTTPServer, threading.Thread]:
+        store = self.notifications
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                store.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        return server, thread
+
+    def alertnames(self) -> set[str]:
+        return {
+            alert["labels"]["alertname"]
+            for note in self.notifications
+            for alert in note.get("alerts", [])
+            if alert.get("status") == "firing"
+        }
+
+
+@dataclass
+class Stack:
+    world: World
+    sim: RunningSimulator
+    exporter_url: str
+    prometheus_url: str
+    alertmanager_url: str
+    receiver: Receiver
+    workflow_ids: list[str]
+
+    def query(self, expr: str) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10
+        )
+        return answer.json()
+
+    def firing(self) -> set[str]:
+        alerts = requests.get(f"{self.prometheus_url}/api/v1/alerts", timeout=10).json()
+        return {
+            a["labels"]["alertname"] for a in alerts["data"]["alerts"] if a["state"] == "firing"
+        }
+
+    def firing_alerts(self) -> list[dict[str, Any]]:
+        alerts = requests.get(f"{self.prometheus_url}/api/v1/alerts", timeout=10).json()
+        return [a for a in alerts["data"]["alerts"] if a["state"] == "firing"]
+
+
+def start_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"{url} exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return requests.get(f"{url}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(ready, timeout=30, interval=0.1)
+
+
+def rules_with_short_for(tmp_path: Path) -> Path:
+    """The shipped rules, with every `for:` cut short so the test runs in seconds."""
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    path = tmp_path / "alerts.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    prometheus = require_tool("prometheus")
+    alertmanager = require_tool("prometheus-alertmanager")
+    cleanup: list[Any] = []
+    world = World(api_key=API_KEY, seed=11)
+    blog = world.add_workflow("blog-writer", "WCFG-e2e-blog")
+    seo = world.add_workflow("seo-meta", "WCFG-e2e-seo")
+    listed = [
+        world.add_run(blog, [("PROCESSING", None)], age_seconds=120, credits=3).run_id,
+        world.add_run(seo, [("COMPLETE", None)], age_seconds=600, credits=9).run_id,
+    ]
+    for i in range(20):  # history from before the exporter watched
+        world.add_run([blog, seo][i % 2], [("COMPLETE", None)], age_seconds=3000 - i, credits=2)
+    sim = RunningSimulator(world)
+    cleanup.append(sim.stop)
+
+    config = build_config(
+        {
+            "api": {
+                "base_url": sim.base_url,
+                "max_requests_per_second": 0,
+                "max_retries": 0,
+                "timeout_seconds": 2,
+            },
+            "collector": {
+                "refresh_interval_seconds": 1,
+                "duration_buckets_seconds": [1, 5, 30, 120],
+            },
+            "state": {"path": str(tmp_path / "state.db")},
+            "webhooks": {"listen_address": "127.0.0.1:0"},
+            "workflows": [
+                {"id": blog, "name": "blog-writer", "discover": True, "runs": [listed[0]]},
+                {"id": seo, "name": "seo-meta", "discover": True, "runs": [listed[1]]},
+            ],
+        },
+        env={"COPYAI_API_KEY": API_KEY, "COPYAI_WEBHOOK_TOKEN": TOKEN},
+    )
+    exporter = Exporter(config)
+    cleanup.append(exporter.close)
+    metrics = HttpServer(
+        ExporterApp(exporter, WebOptions(), lambda: (True, "")), "127.0.0.1:0"
+    ).start()
+    cleanup.append(metrics.stop)
+    hooks = HttpServer(
+        WebhookApp(lambda: exporter.config.webhooks, exporter), "127.0.0.1:0"
+    ).start()
+    cleanup.append(hooks.stop)
+    registration = WebhookRegistration(public_url=f"{hooks.url}/webhook")
+    registrar = WebhookRegistrar(exporter.client, registration, TOKEN, [blog, seo])
+    registrar.register()
+
+    receiver = Receiver()
+    receiver_server, receiver_thread = receiver.start()
+    cleanup.append(lambda: (receiver_server.shutdown(), receiver_server.server_close()))
+
+    am_port, prom_port = free_port(), free_port()
+    am_config = tmp_path / "alertmanager.yml"
+    am_config.write_text(
+        yaml.safe_dump(
+            {
+                "route": {
+                    "receiver": "test",
+                    "group_by": ["alertname", "workflow_id"],
+                    "group_wait": "1s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "test",
+                        "webhook_configs": [
+                            {
+                                "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/hook",
+                                "send_resolved": False,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    am_log = tmp_path / "alertmanager.log"
+    am = start_process(
+        [
+            alertmanager,
+            f"--config.file={am_config}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ],
+        am_log,
+    )
+    cleanup.append(lambda: (am.terminate(), am.wait(timeout=20)))
+    wait_ready(f"http://127.0.0.1:{am_port}", am, am_log)
+
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(rules_with_short_for(tmp_path))],
+                "alerting": {
+                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "copyai-exporter",
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "1s",
+                        "static_configs": [{"targets": [f"127.0.0.1:{metrics.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prom_log = tmp_path / "prometheus.log"
+    prom = start_process(
+        [
+            prometheus,
+            f"--config.file={prom_config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        prom_log,
+    )
+    cleanup.append(lambda: (prom.terminate(), prom.wait(timeout=20)))
+    wait_ready(f"http://127.0.0.1:{prom_port}", prom, prom_log)
+
+    yield Stack(
+        world,
+        sim,
+        metrics.url,
+        f"http://127.0.0.1:{prom_port}",
+        f"http://127.0.0.1:{am_port}",
+        receiver,
+        [blog, seo],
+    )
+    registrar.deregister()
+    for step in reversed(cleanup):
+        step()
+    receiver_thread.join(timeout=10)
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    for variable in board["templating"]["list"]:
+        definition = variable.get("definition", "")
+        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", definition)
+        if match:
+            exprs.append(match.group(1))
+    return exprs
+
+
+def substitute(expr: str) -> str:
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(?:copyai_[a-z0-9_]+|process_[a-z0-9_]+|up)\b(?!\s*[:(])", text))
+
+
+def test_the_stack_end_to_end(stack: Stack):
+    world, (blog, seo) = stack.world, stack.workflow_ids
+    # Prometheus has the counters at zero before anything happens
+    wait_for(
+        lambda: len(stack.query("copyai_workflow_runs_failed_total == 0")["data"]["result"]) == 2,
+        timeout=30,
+        interval=0.2,
+    )
+    # runs that fail and succeed while Prometheus watches; a credit limit webhook
+    for i in range(6):
+        world.add_run(
+            blog, [("PROCESSING", 1), ("FAILED" if i < 5 else "COMPLETE", None)], credits=4
+        )
+        world.add_run(
+            seo, [("NEW", 0.5), ("RETRYING", 1), ("PROCESSING", 1), ("COMPLETE", None)], credits=2
+        )
+    world.credit_limit_reached(seo)
+
+    # 3. the failing-runs alert fires in Prometheus and reaches the receiver
+    wait_for(lambda: "CopyaiWorkflowRunsFailing" in stack.firing(), timeout=45, interval=0.5)
+    failing = [
+        a for a in stack.firing_alerts() if a["labels"]["alertname"] == "CopyaiWorkflowRunsFailing"
+    ]
+    assert {a["labels"]["workflow_name"] for a in failing} == {"blog-writer"}
+    assert "blog-writer" in failing[0]["annotations"]["summary"]
+    wait_for(
+        lambda: "CopyaiWorkflowRunsFailing" in stack.receiver.alertnames(), timeout=30, interval=0.2
+    )
+    assert "CopyaiCreditLimitReached" in stack.firing()
+
+    # 1. every dashboard query is valid PromQL and returns data
+    exporter_text = requests.get(f"{stack.exporter_url}/metrics", timeout=10).text
+    wait_for(
+        lambda: stack.query("sum(copyai_workflow_run_duration_seconds_count) > 0")["data"][
+            "result"
+        ],
+        timeout=20,
+        interval=0.5,
+    )
+    empty = []
+    for expr in dashboard_queries():
+        answer = stack.query(substitute(expr))
+        assert answer["status"] == "success", (expr, answer)
+        if not answer["data"]["result"]:
+            empty.append(expr)
+    assert empty == [], "dashboard queries returning no data:\n" + "\n".join(empty)
+
+    # 2. no dead queries: every metric the dashboard and rules name is exported...
+    exported = {n for (n, _labels) in parse_samples(exporter_text)}
+    families = set(re.findall(r"^# TYPE (\S+) ", exporter_text, re.MULTILINE))
+    used = metric_names(DASHBOARD.read_text()) | metric_names(ALERTS.read_text())
+    dead = {name for name in used - PROMETHEUS_SYNTHETIC if name not in exported}
+    assert dead == set(), f"dashboard or rules query metrics the exporter does not expose: {dead}"
+    # ...and every exported metric is on the dashboard or documented as deliberately not
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- not-on-dashboard:start -->", 1)[1].split(
+        "<!-- not-on-dashboard:end -->", 1
+    )[0]
+    not_on_dashboard = set(re.findall(r"`([a-z_]+)`", section))
+    dashboard_names = metric_names(DASHBOARD.read_text())
+    missing = {
+        family
+        for family in families
+        if not any(n == family or n.startswith(family + "_") for n in dashboard_names)
+        and family not in not_on_dashboard
+    }
+    assert missing == set(), f"exported but neither on the dashboard nor documented: {missing}"
+
+    # 3b. the API becomes unreachable: the alert says so
+    stack.sim.stop()
+    wait_for(lambda: "CopyaiApiUnreachable" in stack.firing(), timeout=30, interval=0.5)
+    assert stack.query("copyai_up")["data"]["result"][0]["value"][1] == "0"
