@@ -191,7 +191,7 @@ class CopyaiClient:
         self._timeout = api.timeout_seconds
         self._max_retries = api.max_retries
         self._max_bytes = api.max_response_bytes
-        self._session = session or make_session(api.max_concurrency)
+        self._session = session or make_session(api.max_concurrency, self._base_url)
         self._headers = {
             API_KEY_HEADER: api.api_key.reveal(),
             "Accept": "application/json",

@@ -1,19 +1,17 @@
-"""Turns what the exporter knows into fresh metric families on every scrape.
+"""Turns what the exporter knows into fresh metric families on every scrape: the
+per-workflow and exporter-health families. (The per-run families, most of the output,
+are written by exposition.RunRenderer, which can reuse the lines of unchanged runs.)
 
 Nothing here talks to the API, and no labelled metric object outlives a scrape, so a
-run removed from the config (or a workflow renamed) disappears from the output at once.
+workflow removed from the config disappears from the output at once.
 
-Output for one run, refreshed at most every `refresh_interval_seconds`::
+Output for one workflow::
 
-    copyai_workflow_run_status{workflow_id="WCFG-1",run_id="WRUN-1",status="PROCESSING"} 1.0
-    copyai_workflow_run_status{workflow_id="WCFG-1",run_id="WRUN-1",status="COMPLETE"} 0.0
-    ...
-    copyai_workflow_run_credits{workflow_id="WCFG-1",run_id="WRUN-1"} 9001.0
-    copyai_workflow_run_created_timestamp_seconds{workflow_id="WCFG-1",run_id="WRUN-1"} 1.6958e+09
-    copyai_workflow_run_age_seconds{workflow_id="WCFG-1",run_id="WRUN-1"} 42.0
-    copyai_workflow_run_fetch_success{workflow_id="WCFG-1",run_id="WRUN-1"} 1.0
     copyai_workflow_runs{workflow_id="WCFG-1",status="PROCESSING"} 1.0
     copyai_workflow_info{workflow_id="WCFG-1",workflow_name="blog-writer"} 1.0
+    copyai_workflow_runs_finished_total{workflow_id="WCFG-1"} 12.0
+    copyai_workflow_run_duration_seconds_bucket{workflow_id="WCFG-1",le="60.0"} 9.0
+    copyai_workflow_last_success_timestamp_seconds{workflow_id="WCFG-1"} 1.7e+09
     copyai_up 1.0
 """
 
@@ -33,12 +31,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.config import Config
+from exporter.exposition import CACHE_NOTE
 from exporter.history import HistoryBook, WorkflowSnapshot
-from exporter.model import ALL_STATUSES
 from exporter.state import ApiHealth, RunStore
-
-CACHE_NOTE = "Active runs are cached for up to collector.refresh_interval_seconds."
-RUN_LABELS = ["workflow_id", "run_id"]
 
 
 @dataclass(frozen=True)
@@ -59,49 +54,13 @@ class CopyaiCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Registering must not trigger collect() (which would read state before the
-        # first scrape); the names are enough for the registry's duplicate checks. The
-        # credits counter is left out: its family name equals the credits gauge's, which
-        # the registry would call a clash, though the text format keeps them apart
-        # (copyai_workflow_run_credits vs copyai_workflow_run_credits_total).
-        return iter(
-            f
-            for f in self._families(None)
-            if not (f.name == "copyai_workflow_run_credits" and f.type == "counter")
-        )
+        # first scrape); the names are enough for the registry's duplicate checks.
+        return iter(self._families(None))
 
     def collect(self) -> Iterator[Metric]:
         return iter(self._families(self._view()))
 
     def _families(self, view: View | None) -> list[Metric]:
-        status = GaugeMetricFamily(
-            "copyai_workflow_run_status",
-            "Current status of a configured run: 1 for the status the API last reported, "
-            "0 for the others (UNKNOWN = missing or undocumented). Absent until the run "
-            f"has been fetched once. {CACHE_NOTE}",
-            labels=[*RUN_LABELS, "status"],
-        )
-        credits_used = GaugeMetricFamily(
-            "copyai_workflow_run_credits",
-            "Credits used by the run, as the API's `credits` field reports them; absent "
-            f"while the API reports none. {CACHE_NOTE}",
-            labels=RUN_LABELS,
-        )
-        created = GaugeMetricFamily(
-            "copyai_workflow_run_created_timestamp_seconds",
-            "When the run was created (the API's `createdAt`), as Unix time.",
-            labels=RUN_LABELS,
-        )
-        age = GaugeMetricFamily(
-            "copyai_workflow_run_age_seconds",
-            "Seconds from the run's `createdAt` to this scrape.",
-            labels=RUN_LABELS,
-        )
-        fetch_ok = GaugeMetricFamily(
-            "copyai_workflow_run_fetch_success",
-            "1 if the last fetch of the run from the API succeeded, 0 if it failed "
-            "(the run's other series then keep their last known values).",
-            labels=RUN_LABELS,
-        )
         per_workflow = GaugeMetricFamily(
             "copyai_workflow_runs",
             "Tracked runs of the workflow in each status (every status present, zero "
@@ -129,11 +88,6 @@ class CopyaiCollector(Collector):
             "(per-run 404s count as answers); 0 if none yet.",
         )
         families: list[Metric] = [
-            status,
-            credits_used,
-            created,
-            age,
-            fetch_ok,
             per_workflow,
             info,
             up,
@@ -145,39 +99,14 @@ class CopyaiCollector(Collector):
         if view is None:
             return families
 
-        now = self._wall_clock()
-        sparse = view.config.collector.sparse_status
-
-        def add_run(labels: list[str], run_status, run_credits, created_at) -> None:
-            if sparse:
-                status.add_metric([*labels, run_status.value], 1.0)
-            else:
-                for s in ALL_STATUSES:
-                    status.add_metric([*labels, s.value], 1.0 if s is run_status else 0.0)
-            if run_credits is not None:
-                credits_used.add_metric(labels, run_credits)
-            if created_at is not None:
-                created.add_metric(labels, created_at)
-                age.add_metric(labels, max(0.0, now - created_at))
-
-        for state in view.store.snapshot():
-            labels = [state.workflow_id, state.run_id]
-            if state.fetch_ok is not None:
-                fetch_ok.add_metric(labels, 1.0 if state.fetch_ok else 0.0)
-            if state.run is not None:
-                add_run(labels, state.run.status, state.run.credits, state.run.created_at)
         for workflow in view.config.workflows:
             info.add_metric([workflow.id, workflow.display_name], 1.0)
             history = view.book.get(workflow.id)
             if history is None:  # only in the instant a reload swaps configs
                 continue
-            limit = workflow.discovery.max_run_series if workflow.discovery.run_series else 0
-            snap = history.snapshot(run_series_limit=limit if workflow.discover else 0)
+            snap = history.snapshot()
             for s, n in snap.status_counts.items():
                 per_workflow.add_metric([workflow.id, s.value], float(n))
-            for run in snap.active_runs:  # opted-in discovered runs: active only, capped
-                assert run.status is not None
-                add_run([workflow.id, run.run_id], run.status, run.credits, run.created_at)
             workflow_families.add(snap)
         for workflow_id in sorted(view.book.adopted()):  # unconfigured, from webhooks
             history = view.book.get(workflow_id)

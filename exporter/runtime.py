@@ -3,24 +3,26 @@ safely on reload, and asked by the HTTP server to refresh before each scrape."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import requests
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.client import CopyaiClient
 from exporter.collector import CopyaiCollector, View
 from exporter.config import Config
+from exporter.exposition import RunRenderer
 from exporter.history import HistoryBook
 from exporter.model import Run
 from exporter.persistence import MemoryStore, SqliteStore, StateStore
 from exporter.refresh import Refresher, RefreshReport
-from exporter.state import ApiHealth, RunStore
+from exporter.state import ApiHealth, RunState, RunStore
 from exporter.telemetry import Telemetry
 from exporter.webhooks import CREDIT_LIMIT, WebhookEvent
 
@@ -73,6 +75,7 @@ class Exporter:
         self._client = self._make_client(config)
         self._refresher = self._make_refresher(config, self._client)
         self._scrape_duration = 0.0
+        self._renderer = RunRenderer()
         self.registry.register(CopyaiCollector(self.view, wall_clock=wall_clock))
         self.telemetry.config_loaded(True, wall_clock())
 
@@ -122,6 +125,28 @@ class Exporter:
     def client(self) -> CopyaiClient:
         with self._lock:
             return self._client
+
+    def render(self) -> bytes:
+        """The whole exposition: the registry (workflow, health and own metrics), then
+        the per-run families from the renderer."""
+        view = self.view()
+        head = generate_latest(self.registry)
+        runs = itertools.chain(view.store.snapshot(), self._discovered_series(view))
+        sparse = view.config.collector.sparse_status
+        return head + self._renderer.render(runs, self._wall_clock(), sparse)
+
+    def _discovered_series(self, view: View) -> Iterator[RunState]:
+        """Per-run series for discovered runs where asked (run_series): active, capped."""
+        for workflow in view.config.workflows:
+            if not (workflow.discover and workflow.discovery.run_series):
+                continue
+            history = view.book.get(workflow.id)
+            if history is None:
+                continue
+            snap = history.snapshot(run_series_limit=workflow.discovery.max_run_series)
+            for tracked in snap.active_runs:
+                run = Run(tracked.run_id, tracked.status, tracked.created_at, tracked.credits)
+                yield RunState(workflow.id, tracked.run_id, run=run)
 
     def view(self) -> View:
         with self._lock:

@@ -16,8 +16,6 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client.exposition import generate_latest
-
 from exporter import __version__
 from exporter.runtime import Exporter
 
@@ -93,7 +91,7 @@ class ExporterApp:
         # names copyai_workflow_run_credits (gauge) and ..._credits_total (counter) are
         # two families there, but one family name in OpenMetrics, which would fail the
         # whole scrape.
-        output = generate_latest(self._exporter.registry)
+        output = self._exporter.render()
         headers = [("Content-Type", TEXT_FORMAT)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             output = gzip.compress(output, compresslevel=3)
@@ -175,6 +173,7 @@ class _Handler(WSGIRequestHandler):
     # A client that connects and sends nothing is dropped after this many seconds,
     # so it holds one thread for a while but never blocks other scrapes.
     timeout = 30
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: Any) -> None:
         # the webhook token travels in the path: never into the access log

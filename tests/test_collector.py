@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import responses
-from prometheus_client import generate_latest
 
 from exporter.runtime import Exporter
 from tests.conftest import FakeClock, make_config, names, parse_samples, sample
@@ -63,7 +62,7 @@ def make(clock):
 def scrape(exporter: Exporter, clock: FakeClock):
     report = exporter.refresh(deadline=clock() + 30)
     assert report.completed
-    return parse_samples(generate_latest(exporter.registry).decode())
+    return parse_samples(exporter.render().decode())
 
 
 def status_of(samples, run_id: str) -> dict[str, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client import generate_latest
 
 from exporter.runtime import Exporter
 from tests.conftest import make_config, names, parse_samples, sample, sim_stats, wait_for
@@ -48,7 +47,7 @@ def make(sim):
 def scrape(exporter: Exporter):
     report = exporter.refresh(time.monotonic() + 30)
     assert report.completed
-    return parse_samples(generate_latest(exporter.registry).decode())
+    return parse_samples(exporter.render().decode())
 
 
 def tracked(samples) -> float:
