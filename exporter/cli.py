@@ -24,6 +24,7 @@ from exporter.logs import FORMATS, LEVELS, REDACTOR, setup_logging
 from exporter.persistence import StateError
 from exporter.runtime import Exporter
 from exporter.server import ExporterApp, HttpServer, WebOptions, parse_listen_address
+from exporter.webconfig import WebState
 from exporter.webhooks import WebhookApp, WebhookRegistrar
 
 log = logging.getLogger("exporter")
@@ -91,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="path of the metrics endpoint (default: %(default)s)",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="TLS, client certificates and basic auth for both listeners, in the "
+        "Prometheus exporter-toolkit web config format",
+    )
+    parser.add_argument(
         "--web.enable-lifecycle",
         dest="enable_lifecycle",
         action="store_true",
@@ -155,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.command == "simulate":
         return _simulate(args)
+    try:
+        web = WebState(args.web_config_file)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
     if args.demo:
-        return _serve_demo(args)
+        return _serve_demo(args, web)
 
     config = _load(args.config_file)
     if config is None:
@@ -171,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def reload() -> tuple[bool, str]:
         try:
             new = load_config_file(args.config_file)
+            web.reload()  # certificates and users rotate without a restart
         except ConfigError as exc:
             log.error("configuration reload failed; keeping the running one\n%s", exc.render())
             exporter.config_failed()
@@ -190,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         log.error("%s (move the file away to start with empty history)", exc)
         return EXIT_FAILURE
-    return _serve(args, exporter, reload)
+    return _serve(args, exporter, reload, web)
 
 
 def _load(path: str) -> Config | None:
@@ -209,7 +224,7 @@ def _redact_secrets(config: Config) -> None:
         REDACTOR.add(config.webhooks.token.reveal())
 
 
-def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
+def _serve(args: argparse.Namespace, exporter: Exporter, reload, web: WebState) -> int:
     lock = threading.Lock()
 
     def locked_reload() -> tuple[bool, str]:
@@ -226,10 +241,10 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
     servers: list[HttpServer] = []
     webhooks = exporter.config.webhooks
     try:
-        servers.append(HttpServer(app, args.listen_address).start())
+        servers.append(HttpServer(app, args.listen_address, web).start())
         if webhooks is not None:
             receiver = WebhookApp(lambda: exporter.config.webhooks, exporter)
-            servers.append(HttpServer(receiver, webhooks.listen_address).start())
+            servers.append(HttpServer(receiver, webhooks.listen_address, web).start())
     except OSError as exc:
         log.error("cannot listen: %s", exc.strerror or exc)
         for server in servers:
@@ -277,7 +292,7 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload) -> int:
     return EXIT_OK
 
 
-def _serve_demo(args: argparse.Namespace) -> int:
+def _serve_demo(args: argparse.Namespace, web: WebState) -> int:
     world = simulator.demo_world()
     world.faults.update({"spawn_per_minute": 4, "spawn_fail_rate": 0.15})
     sim = simulator.RunningSimulator(world)
@@ -298,7 +313,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
     log.info("demo mode: simulated Copy.ai API at %s (no real key used)", sim.base_url)
     exporter = Exporter(config)
     try:
-        return _serve(args, exporter, lambda: (True, "demo configuration is fixed"))
+        return _serve(args, exporter, lambda: (True, "demo configuration is fixed"), web)
     finally:
         sim.stop()
 

@@ -3,11 +3,13 @@ page, /-/healthy, /-/ready and /-/reload, as a WSGI app on a threading server.""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from exporter import __version__
 from exporter.runtime import Exporter
+from exporter.webconfig import HANDSHAKE_TIMEOUT_SECONDS, WebGuard, WebState, peer_allowed
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,31 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    web: WebState | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's own thread, so a slow TLS handshake holds up no one."""
+        tls = self.web.current.tls if self.web is not None else None
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        try:
+            secure = tls.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:  # plain HTTP, bad or missing client cert
+            log.debug("TLS handshake refused client=%s: %s", client_address[0], exc)
+            return
+        try:
+            if not peer_allowed(secure, tls.allowed_sans):
+                log.debug(
+                    "client certificate not in client_allowed_sans client=%s", client_address[0]
+                )
+                return
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                secure.close()
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -198,9 +226,12 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 
 class HttpServer:
-    """Serves a WSGI app in a background thread."""
+    """Serves a WSGI app in a background thread; with a web config, behind its TLS,
+    basic auth, headers and rate limit."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], address: str):
+    def __init__(
+        self, app: Callable[..., Iterable[bytes]], address: str, web: WebState | None = None
+    ):
         host, port = parse_listen_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -209,6 +240,10 @@ class HttpServer:
 
         bind_host = host or ("::" if family == socket.AF_INET6 else "")
         self.server = Server((bind_host, port), _Handler)
+        self.server.web = web
+        self.tls = web is not None and web.current.tls is not None
+        if web is not None:
+            app = WebGuard(app, lambda: web.current)
         self.server.set_app(app)
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="copyai-http", daemon=True
@@ -225,7 +260,7 @@ class HttpServer:
             host = "127.0.0.1" if host != "::" else "[::1]"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> HttpServer:
         self.thread.start()
