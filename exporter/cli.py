@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("configuration reload failed; keeping the running one\n%s", exc.render())
             exporter.config_failed()
             return False, exc.render()
+        except Exception:  # a bug must not take the running exporter down with it
+            log.exception("configuration reload failed unexpectedly; keeping the running one")
+            exporter.config_failed()
+            return False, "configuration reload failed; see the exporter's log"
         _redact_secrets(new)
         if (new.webhooks is None) != (exporter.config.webhooks is None) or (
             new.webhooks

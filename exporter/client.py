@@ -44,6 +44,7 @@ BACKOFF_CAP_SECONDS = 10.0
 MAX_INLINE_RETRY_AFTER_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 3600.0
 READ_CHUNK_BYTES = 16 * 1024
+MAX_TOTAL = 10**12  # a run list total beyond this is a broken answer, not a workflow
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only (str.isdigit() accepts '²'), fits int64
 
 
@@ -512,8 +513,8 @@ def parse_run_page(data: object) -> RunPage:
     total = data.get("total")
     if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
         total = int(total.strip())
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-        raise PayloadError("run list total is not a non-negative integer")
+    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_TOTAL:
+        raise PayloadError("run list total is not a plausible non-negative integer")
     items = data.get("data")
     if not isinstance(items, list):
         raise PayloadError("run list has no data array")

@@ -223,6 +223,11 @@ def parse_config(
         raise ConfigError([_describe_yaml_error(exc)], source) from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer over Python's digit limit
         raise ConfigError([f"YAML value error: {str(exc)[:200]}"], source) from None
+    except (KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for tags like `!!bool maybe` or `!!int ''`
+        raise ConfigError(
+            [f"YAML value error: {type(exc).__name__} in a tagged value"], source
+        ) from None
     if document is None:
         document = {}
     return build_config(
@@ -330,9 +335,10 @@ def _read_secret(
     mistake must not end up on stderr or in a log.
     """
     if secret_file is not None:
-        file_path = Path(secret_file).expanduser()
-        if not file_path.is_absolute():  # as in Prometheus: relative to the config file
-            file_path = base_dir / file_path
+        file_path = _resolve_path(secret_file, base_dir)
+        if file_path is None:
+            v.problem(path, "is not a usable file path")
+            return ""
         try:
             info = file_path.stat()
             if not stat.S_ISREG(info.st_mode):
@@ -412,7 +418,7 @@ def _buckets(v: _Validator, m: Mapping[str, Any], path: str) -> tuple[float, ...
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             v.problem(f"{path}[{i}]", f"must be a number, got {_type_name(item)}")
             return DEFAULT_DURATION_BUCKETS
-        if not (math.isfinite(item) and 0.001 <= item <= 31_536_000):
+        if not _finite_between(item, 0.001, 31_536_000):
             v.problem(f"{path}[{i}]", "must be between 0.001 and 31536000 seconds")
             return DEFAULT_DURATION_BUCKETS
         values.append(float(item))
@@ -448,14 +454,30 @@ def _discovery(v: _Validator, node: object, path: str) -> DiscoveryConfig:
     )
 
 
+def _resolve_path(text: str, base_dir: Path) -> Path | None:
+    """~ expanded, relative to the config file's directory; None if it cannot be a path
+    (a NUL byte, an unknown ~user, unencodable characters)."""
+    if "\0" in text:
+        return None
+    try:
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        os.fsencode(path)
+        path.exists()  # raises for some malformed paths
+    except (RuntimeError, ValueError, UnicodeError, OSError):
+        return None
+    return path
+
+
 def _state(v: _Validator, node: object, base_dir: Path) -> StateConfig:
     m = v.mapping(node, "state", {"path"})
     path = v.string(m, "state.path", None)
     if path is None:
         return StateConfig()
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute():
-        resolved = base_dir / resolved
+    resolved = _resolve_path(path, base_dir)
+    if resolved is None:
+        v.problem("state.path", "is not a usable file path")
+        return StateConfig()
     if resolved.is_dir():
         v.problem("state.path", "is a directory; give a file path such as state.db")
     elif not resolved.parent.is_dir():
@@ -542,9 +564,10 @@ def _workflows(v: _Validator, node: object) -> tuple[WorkflowConfig, ...]:
     seen_runs: dict[str, str] = {}
     for i, item in enumerate(node):
         path = f"workflows[{i}]"
-        m = v.mapping(item, path, {"id", "name", "runs", "discover", "discovery"})
         if not isinstance(item, Mapping):
+            v.problem(path, f"must be a mapping with an id, got {_type_name(item)}")
             continue
+        m = v.mapping(item, path, {"id", "name", "runs", "discover", "discovery"})
         wid = v.token(m, f"{path}.id", required=True)
         if wid is not None:
             if wid in seen_workflows:
@@ -584,6 +607,21 @@ def _workflows(v: _Validator, node: object) -> tuple[WorkflowConfig, ...]:
                 )
             )
     return tuple(workflows)
+
+
+def _finite_between(value: float, low: float, high: float) -> bool:
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer over Python's digit limit
+        return "a very large number"
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _type_name(value: object) -> str:
@@ -631,13 +669,8 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.problem(path, f"must be a number, got {_type_name(value)}")
             return default
-        try:
-            in_range = math.isfinite(value) and low <= value <= high
-        except OverflowError:  # an integer too large for a float
-            in_range = False
-        if not in_range:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-            self.problem(path, f"must be between {low:g} and {high:g}, got {shown}")
+        if not _finite_between(value, low, high):
+            self.problem(path, f"must be between {low:g} and {high:g}, got {_shown(value)}")
             return default
         return float(value)
 
@@ -650,8 +683,7 @@ class _Validator:
             self.problem(path, f"must be an integer, got {_type_name(value)}")
             return default
         if not low <= value <= high:
-            shown = str(value) if len(str(value)) <= 40 else str(value)[:40] + "..."
-            self.problem(path, f"must be between {low} and {high}, got {shown}")
+            self.problem(path, f"must be between {low} and {high}, got {_shown(value)}")
             return default
         return value
 

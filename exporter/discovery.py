@@ -95,7 +95,8 @@ class DiscoveryCycle:
 
     def pages_covering(self, count: int) -> list[int]:
         """Physical pages holding the `count` newest runs, newest page first."""
-        if count <= 0 or self.total == 0:
+        count = min(count, self.total, self.config.max_tracked_runs)
+        if count <= 0:
             return []
         first, last = self.page_of(0), self.page_of(count - 1)
         step = 1 if last >= first else -1
@@ -138,9 +139,11 @@ class DiscoveryCycle:
     def _front(self, known_total: int | None) -> None:
         """Pages with runs new since the last cycle and the active runs worth listing."""
         new = self.total - known_total if known_total is not None else 0
+        # however far `total` jumps, look no deeper than the runs we may track
+        new = min(new, self.config.max_tracked_runs)
         want = max(new, self._active_depth(max(new, 0)), 1)
         pages = [p for p in self.pages_covering(want) if p not in self.fetched]
-        self._fetch(pages)
+        self._fetch(pages[: max(0, self.config.max_pages_per_refresh - self.result.pages)])
         # `total` can hide new runs (some deleted as others arrived): keep going while
         # the deepest page fetched holds nothing but runs we did not know.
         while self.result.error is None and self.history.discovery.filled:

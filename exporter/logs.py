@@ -56,6 +56,8 @@ class LogfmtFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"
+        # redacted before escaping, so a secret with '"' or '\\' is still found
+        message = self._redactor.redact(message)
         fields = [
             ("ts", _timestamp(record)),
             ("level", _level(record)),
@@ -85,10 +87,10 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record),
             "level": _level(record),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": self._redactor.redact(record.getMessage()),
         }
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
+            payload["exc"] = self._redactor.redact(self.formatException(record.exc_info))
         return self._redactor.redact(json.dumps(payload, ensure_ascii=False))
 
 

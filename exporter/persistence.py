@@ -83,7 +83,7 @@ class SqliteStore:
                 )
             elif row[0] != str(SCHEMA_VERSION):
                 raise StateError(f"state file {path} has schema version {row[0]}, expected 1")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OSError) as exc:
             raise StateError(f"cannot use state file {path}: {exc}") from None
 
     def load(self) -> Loaded:
