@@ -436,14 +436,22 @@ class CopyaiClient:
                 chunk = raw.read1(READ_CHUNK_BYTES, decode_content=False)
                 if not chunk:
                     break
-                if decompressor is not None:
-                    chunk = decompressor.decompress(chunk, limit + 1 - size)
-                    if decompressor.unconsumed_tail:
-                        raise ApiError(ErrorKind.TOO_LARGE, "decoded body is over the cap", status)
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(ErrorKind.TOO_LARGE, "body is over the cap", status)
-                parts.append(chunk)
+                if decompressor is None:
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(parts, "body is over the cap", status)
+                    parts.append(chunk)
+                else:
+                    # inflate in small steps: one call asked for the whole cap at once
+                    # and cost twice the cap in memory while CPython assembled it
+                    pending = chunk
+                    while pending:
+                        piece = decompressor.decompress(pending, READ_CHUNK_BYTES)
+                        pending = decompressor.unconsumed_tail
+                        size += len(piece)
+                        if size > limit:
+                            raise _too_large(parts, "decoded body is over the cap", status)
+                        parts.append(piece)
                 if self._clock() > deadline:
                     raise _RetryableError(
                         ApiError(ErrorKind.UNREACHABLE, "body not received within the timeout")
@@ -457,6 +465,13 @@ class CopyaiClient:
                 ApiError(ErrorKind.UNREACHABLE, f"body not received {reason}".replace(" :", ":"))
             ) from None
         return b"".join(parts)
+
+
+def _too_large(parts: list[bytes], message: str, status: int) -> ApiError:
+    """The error for an answer over the cap, with what was read already let go: the
+    exception's traceback keeps this frame alive until the error is dropped."""
+    parts.clear()
+    return ApiError(ErrorKind.TOO_LARGE, message, status)
 
 
 class _RetryableError(Exception):

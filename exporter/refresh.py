@@ -181,7 +181,7 @@ class Refresher:
             try:
                 run = self._client.get_run(*key)
             except ApiError as exc:
-                error = exc
+                error = exc.with_traceback(None)  # kept past the block: drop its frames
                 self._store.record_failure(key, exc, self._clock())
             except Exception as exc:  # a bug must cost one run's freshness, not the exporter
                 log.exception("unexpected error fetching workflow_id=%s run_id=%s", *key)
@@ -205,6 +205,7 @@ class Refresher:
         try:
             run = self._client.get_run(workflow_id, run_id)
         except ApiError as exc:
+            exc = exc.with_traceback(None)  # returned past the block: drop its frames
             if history is not None:
                 if exc.kind == ErrorKind.NOT_FOUND:
                     history.drop(run_id)  # gone from the API: stop asking
@@ -285,7 +286,7 @@ class Refresher:
             try:
                 answer: RunPage | ApiError = self._client.list_runs(workflow.id, page, size)
             except ApiError as exc:
-                answer = exc
+                answer = exc.with_traceback(None)  # kept past the block: drop its frames
             except Exception as exc:
                 log.exception("unexpected error listing workflow_id=%s", workflow.id)
                 answer = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")

@@ -4,12 +4,16 @@ Runs move through their statuses by the clock (a script of `(status, seconds)` s
 from `createdAt`), so answers are deterministic and nothing runs in the background.
 Faults are injected at run time through `/_sim/faults`: latency, a share of 5xx (HTML
 or JSON), a rate limit answered with 429 and Retry-After, refused keys, dropped
-connections. `/_sim/stats` counts the requests so tests can assert exact call counts.
+connections, and one `mode` of misbehaving answers (see `FAULT_MODES`).
+`RunningSimulator.pause()` / `resume()` refuse connections and come back on the same
+port. `/_sim/stats` counts the requests so tests can assert exact call counts, and
+`World.arrivals()` gives each API request's arrival time so they can check pacing.
 
 Control endpoints (no API key needed; bind to loopback):
   GET  /_sim/stats          request counts by endpoint, and per run
   POST /_sim/stats/reset
   GET  /_sim/faults         POST /_sim/faults  {"latency_seconds": 0.05, "error_rate": 0.5, ...}
+                            {"mode": "hang"}, {"mode": "flap", "flap_statuses": [500, 503]}
   POST /_sim/runs           {"workflow_id": ..., "steps": [["PROCESSING", 5], ["COMPLETE", null]]}
   GET  /_sim/config         an exporter config (YAML) watching every simulated run
 """
@@ -18,21 +22,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import math
 import random
 import re
+import select
 import socket
 import threading
 import time
 import uuid
-from collections import Counter
+import zlib
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -48,6 +55,66 @@ HTML_ERROR = (
     "<html><head><title>502 Bad Gateway</title></head><body><center>"
     "<h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
 )
+# Faults.mode: how API requests are answered (control endpoints never change)
+FAULT_MODES = (
+    "",  # normally
+    "hang",  # read the request, never answer (until the client hangs up or stop())
+    "slow_body",  # status line and headers at once, then the body a byte every 0.5 s
+    "truncated_json",  # the normal answer with its body cut in half
+    "wrong_shape",  # 200, valid JSON of the wrong shape
+    "wrong_types",  # 200, a run record whose every field has the wrong type
+    "huge_body",  # 200, a 50 MB body streamed without Content-Length
+    "gzip_bomb",  # 200, ~50 KB of gzip inflating to ~50 MB
+    "redirect",  # 302 to Faults.redirect_to
+    "flap",  # per request, in turn: the next of Faults.flap_statuses, the normal answer
+)
+SLOW_BODY_BYTE_SECONDS = 0.5
+HUGE_BODY_BYTES = 50 * 1024 * 1024
+HUGE_BODY_CHUNK = 64 * 1024
+GZIP_BOMB_BYTES = 50 * 1024 * 1024
+MAX_ARRIVALS = 10_000
+WRONG_SHAPE = {"status": "success", "data": [1, 2]}
+
+
+def wrong_types_record() -> dict[str, Any]:
+    """A run record with every field of the wrong type."""
+    return {
+        "id": 12345,
+        "status": ["PROCESSING"],
+        "createdAt": 1700000000,
+        "credits": {"used": 3},
+        "metadata": "not an object",
+    }
+
+
+_gzip_bomb: bytes | None = None
+_gzip_bomb_lock = threading.Lock()
+
+
+def gzip_bomb() -> bytes:
+    """A gzip body inflating to a ~50 MB JSON document (a string of '0's); built once,
+    a MiB at a time, so building it costs no more memory than the result (~50 KB)."""
+    global _gzip_bomb  # noqa: PLW0603 - a cache of an immutable value
+    with _gzip_bomb_lock:
+        if _gzip_bomb is None:
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 16 + 15: gzip wrapper
+            parts = [compressor.compress(b'{"status": "success", "data": "')]
+            block = b"0" * (1024 * 1024)
+            for _ in range(GZIP_BOMB_BYTES // len(block)):
+                parts.append(compressor.compress(block))
+            parts.append(compressor.compress(b'"}'))
+            parts.append(compressor.flush())
+            _gzip_bomb = b"".join(parts)
+        return _gzip_bomb
+
+
+class Arrival(NamedTuple):
+    """One API request as it arrived: monotonic time, endpoint, run id (get_run)."""
+
+    at: float
+    method: str
+    endpoint: str
+    run_id: str | None
 
 
 @dataclass
@@ -125,13 +192,40 @@ class Faults:
     spawn_fail_rate: float = 0.1  # share of spawned runs that end FAILED
     list_omit_status_every: int = 0  # every Nth item of a list page has no status
     list_order: str = "newest_first"  # or oldest_first, or shuffled (no order at all)
+    mode: str = ""  # one of FAULT_MODES
+    redirect_to: str = ""  # mode "redirect": the Location answered; "{path}" = the request's
+    flap_statuses: list[int] = field(default_factory=lambda: [500, 502, 503])  # mode "flap"
+
+    def __post_init__(self) -> None:
+        self._flap_turns = itertools.count()  # not a field: not settable, not listed
 
     def update(self, changes: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
-        for name, value in changes.items():
+        for name in changes:
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}")
+        mode = changes.get("mode", self.mode)
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {', '.join(map(repr, FAULT_MODES))}")
+        statuses = changes.get("flap_statuses", self.flap_statuses)
+        if not statuses or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+        ):
+            raise ValueError("flap_statuses must be a non-empty list of HTTP status codes")
+        if mode == "gzip_bomb":
+            gzip_bomb()  # built now, so the first answer is not late by the building
+        for name, value in changes.items():
             setattr(self, name, value)
+        if "mode" in changes or "flap_statuses" in changes:
+            self._flap_turns = itertools.count()  # each flap starts with an error
+
+    def next_flap_status(self) -> int | None:
+        """Mode "flap": the status to answer this request with; None = answer normally."""
+        turn = next(self._flap_turns)  # atomic under the GIL
+        if turn % 2:
+            return None
+        statuses = self.flap_statuses
+        return statuses[(turn // 2) % len(statuses)]
 
 
 class World:
@@ -158,6 +252,7 @@ class World:
         self._spawn_due: dict[str, float] = {}
         self._bucket_time = 0.0
         self._bucket_tokens = 0.0
+        self._arrivals: deque[Arrival] = deque(maxlen=MAX_ARRIVALS)
 
     # --- building the world ----------------------------------------------------------
 
@@ -294,6 +389,16 @@ class World:
         return yaml.safe_dump(document, sort_keys=False)
 
     # --- answering -------------------------------------------------------------------
+
+    def record_arrival(self, method: str, endpoint: str, run_id: str | None) -> None:
+        with self.lock:
+            self._arrivals.append(Arrival(time.monotonic(), method, endpoint, run_id))
+
+    def arrivals(self, since: float = -math.inf) -> list[Arrival]:
+        """API requests (the last MAX_ARRIVALS) that arrived at or after `since`
+        (time.monotonic()), oldest first."""
+        with self.lock:
+            return [a for a in self._arrivals if a.at >= since]
 
     def take_rate_token(self) -> bool:
         limit = self.faults.rate_limit_per_second
@@ -480,6 +585,8 @@ class _Handler(BaseHTTPRequestHandler):
     # client's delayed ACK add ~40 ms to every keep-alive answer
     disable_nagle_algorithm = True
     server: SimulatorServer
+    # how _send delivers this request's answer: "", "truncated_json" or "slow_body"
+    _delivery = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("simulator %s", format % args)
@@ -497,6 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
         world = self.server.world
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
+        self._delivery = ""  # one handler serves every request of a keep-alive connection
         if path.startswith("/_sim/"):
             self._control(method, path, world)
             return
@@ -518,12 +626,16 @@ class _Handler(BaseHTTPRequestHandler):
             world.stats[endpoint] += 1
             if run_match:
                 world.run_stats[run_match.group(2)] += 1
+        world.record_arrival(method, endpoint, run_match.group(2) if run_match else None)
         faults = world.faults
         if faults.latency_seconds > 0:
             time.sleep(faults.latency_seconds)
         if faults.drop_connections:
             self.close_connection = True
             self.connection.close()
+            return
+        # before the key check, as a broken server or proxy in front of the API answers
+        if faults.mode and self._fault_mode(faults, run_match):
             return
         if self.headers.get("x-copy-ai-api-key") != world.api_key or faults.refuse_key:
             self._json(401, {"status": "error", "errorCode": "UNAUTHORIZED"})
@@ -566,6 +678,92 @@ class _Handler(BaseHTTPRequestHandler):
             self._webhook_api(method, hook_match.group(1), parts.query, world)
         else:
             self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+
+    def _fault_mode(self, faults: Faults, run_match: re.Match[str] | None) -> bool:
+        """Answer in `faults.mode`; False if the request is to be answered normally
+        (possibly delivered in a faulty way, see _send)."""
+        mode = faults.mode
+        try:
+            if mode == "hang":
+                self._drain_body()
+                self._hang()
+            elif mode in ("truncated_json", "slow_body"):
+                self._delivery = mode
+                return False
+            elif mode == "wrong_shape":
+                self._json(200, WRONG_SHAPE)
+            elif mode == "wrong_types":
+                record = wrong_types_record()
+                if run_match is None:  # a list page with one such item
+                    self._json(200, {"status": "success", "data": {"total": 1, "data": [record]}})
+                else:
+                    self._json(200, {"status": "success", "data": record})
+            elif mode == "huge_body":
+                self._huge_body(run_match.group(2) if run_match else "WRUN-huge")
+            elif mode == "gzip_bomb":
+                # clients stop reading a bomb early and reset the connection: end it here
+                self.close_connection = True
+                self._send(
+                    200,
+                    gzip_bomb(),
+                    "application/json",
+                    {"Content-Encoding": "gzip", "Connection": "close"},
+                )
+            elif mode == "redirect":
+                location = faults.redirect_to or "http://127.0.0.1:9/nowhere"
+                self._send(
+                    302, b"", "text/plain", {"Location": location.replace("{path}", self.path)}
+                )
+            elif mode == "flap":
+                status = faults.next_flap_status()
+                if status is None:
+                    return False
+                self._json(status, {"status": "error", "errorCode": "FLAPPING"})
+            else:  # validated by Faults.update; set directly to nonsense: answer normally
+                return False
+        except OSError:  # the client hung up, as clients of such answers tend to
+            self.close_connection = True
+        return True
+
+    def _drain_body(self) -> None:
+        length = self.headers.get("Content-Length") or "0"
+        if length.isdigit() and 0 < int(length) <= MAX_CONTROL_BODY:
+            self.rfile.read(int(length))
+
+    def _hang(self) -> None:
+        """Never answer: wait until the client hangs up or the simulator stops."""
+        self.close_connection = True
+        stopping = self.server.stopping
+        connection = self.connection
+        while not stopping.wait(0.05):
+            try:
+                readable, _, _ = select.select([connection], [], [], 0)
+                if readable and not connection.recv(1, socket.MSG_PEEK):
+                    return  # the client closed its end (or pause() cut the connection)
+            except (OSError, ValueError):  # closed under us
+                return
+
+    def _huge_body(self, run_id: str) -> None:
+        """A 200 of HUGE_BODY_BYTES, valid JSON, written a chunk at a time; its length is
+        told by closing the connection (no Content-Length)."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        head = json.dumps({"status": "success", "data": {"id": run_id}})[:-2].encode()
+        head += b', "filler": "'
+        tail = b'"}}'
+        filler = b"x" * HUGE_BODY_CHUNK
+        self.wfile.write(head)
+        remaining = HUGE_BODY_BYTES - len(head) - len(tail)
+        stopping = self.server.stopping
+        while remaining > 0 and not stopping.is_set():
+            chunk = filler[: min(remaining, len(filler))]
+            self.wfile.write(chunk)
+            remaining -= len(chunk)
+        if remaining <= 0:
+            self.wfile.write(tail)
 
     def _webhook_api(self, method: str, hook_id: str | None, query: str, world: World) -> None:
         if method == "POST" and hook_id is None:
@@ -614,6 +812,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with world.lock:
                     world.stats.clear()
                     world.run_stats.clear()
+                    world._arrivals.clear()
                 self._json(200, {"ok": True})
             elif path == "/_sim/faults":
                 if method == "POST":
@@ -669,13 +868,29 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        delivery = self._delivery
+        if delivery == "truncated_json":
+            payload = payload[: len(payload) // 2]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if delivery != "slow_body":
+            self.wfile.write(payload)
+            return
+        stopping = self.server.stopping
+        try:
+            for index in range(len(payload)):
+                self.wfile.write(payload[index : index + 1])
+                if index + 1 < len(payload) and stopping.wait(SLOW_BODY_BYTE_SECONDS):
+                    break
+            else:
+                return
+        except OSError:
+            pass  # the client gave up waiting
+        self.close_connection = True  # the body was not all sent
 
 
 class SimulatorServer(ThreadingHTTPServer):
@@ -684,6 +899,7 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], world: World):
         self.world = world
+        self.stopping = threading.Event()  # set by RunningSimulator.stop(): ends hangs
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -723,6 +939,8 @@ class RunningSimulator:
         )
         self.thread.start()
         self._stop = threading.Event()
+        self._pause_lock = threading.Lock()
+        self._paused = False
         self._session = requests.Session()
         self.ticker = threading.Thread(target=self._tick_loop, name="copyai-sim-tick", daemon=True)
         self.ticker.start()
@@ -745,7 +963,39 @@ class RunningSimulator:
         with self.world.lock:
             self.world.stats[outcome] += 1
 
+    def pause(self) -> None:
+        """Refuse connections, as a dead API: close the listener and cut open connections.
+        `resume()` listens again on the same host and port."""
+        with self._pause_lock:
+            if self._paused:
+                return
+            self._paused = True
+            self.server.shutdown()
+            self.server.server_close()
+            self.server.close_connections()
+            self.thread.join(timeout=10)
+
+    def resume(self) -> None:
+        """Listen again on the address pause() closed."""
+        with self._pause_lock:
+            if not self._paused:
+                return
+            server = self.server
+            server.socket = socket.socket(server.address_family, server.socket_type)
+            try:
+                server.server_bind()  # SO_REUSEADDR: the old connections' TIME_WAIT is fine
+                server.server_activate()
+            except OSError:
+                server.socket.close()
+                raise
+            self.thread = threading.Thread(
+                target=server.serve_forever, name="copyai-simulator", daemon=True
+            )
+            self.thread.start()
+            self._paused = False
+
     def stop(self) -> None:
+        self.server.stopping.set()
         self._stop.set()
         self.ticker.join(timeout=10)
         self._session.close()
