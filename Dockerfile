@@ -20,7 +20,10 @@ WORKDIR /src
 # Only what the wheel is built from (README.md is the package's long description).
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# requirements.txt pins the exporter (with its redis extra) to the version just built
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[redis]" \
+    && python -c "import exporter; print(f'copyai-exporter[redis]=={exporter.__version__}')" \
+       > /wheels/requirements.txt
 
 
 FROM python:3.11-slim-bookworm
@@ -41,7 +44,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # add the unprivileged user: fixed UID/GID 10001 so that volume permissions can be set
 # ahead of time, no login shell, no home directory beyond the state directory.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/copyai_exporter-*.whl \
+    pip install --no-cache-dir --no-index --find-links=/wheels -r /wheels/requirements.txt \
     && groupadd --system --gid 10001 copyai \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /var/lib/copyai-exporter --shell /usr/sbin/nologin copyai \

@@ -33,7 +33,13 @@ from prometheus_client.utils import floatToGoString
 from exporter.config import Config
 from exporter.exposition import CACHE_NOTE
 from exporter.history import HistoryBook, WorkflowSnapshot
-from exporter.state import ApiHealth, RunStore
+from exporter.state import RunStore
+
+
+@dataclass(frozen=True)
+class HealthView:
+    up: int
+    last_successful_refresh: float | None
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,11 @@ class View:
 
     config: Config
     store: RunStore
-    health: ApiHealth
+    health: HealthView
     scrape_duration: float
     book: HistoryBook
+    state_up: int = 1
+    leader: int = 1
 
 
 class CopyaiCollector(Collector):
@@ -121,7 +129,8 @@ class CopyaiCollector(Collector):
         up.add_metric([], float(view.health.up))
         duration.add_metric([], view.scrape_duration)
         last_refresh.add_metric([], view.health.last_successful_refresh or 0.0)
-        workflow_families.state_up.add_metric([], float(view.book.backend_up))
+        workflow_families.state_up.add_metric([], float(view.state_up))
+        workflow_families.leader.add_metric([], float(view.leader))
         return families
 
 
@@ -203,8 +212,13 @@ class _WorkflowFamilies:
         )
         self.state_up = GaugeMetricFamily(
             "copyai_state_backend_up",
-            "1 if the last read or write of the state store (state.path) succeeded; the "
-            "memory store is always up.",
+            "1 if the last read or write of the state store (SQLite file or Redis) "
+            "succeeded; the memory store is always up.",
+        )
+        self.leader = GaugeMetricFamily(
+            "copyai_state_leader",
+            "1 if this replica writes the workflow history (with state.backend redis, the "
+            "one holding the leader lease; a single exporter always does).",
         )
 
     def all(self) -> list[Metric]:
@@ -222,6 +236,7 @@ class _WorkflowFamilies:
             self.credit_limit,
             self.credit_limit_at,
             self.state_up,
+            self.leader,
         ]
 
     def add(self, snap: WorkflowSnapshot) -> None:

@@ -118,8 +118,19 @@ class WorkflowConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    password_file: str | None = None
+    key_prefix: str = "copyai-exporter:"
+    lease_seconds: float = 15.0  # how long the leader's lease lasts without renewal
+    password: Secret = field(default=Secret(""), compare=False)
+
+
+@dataclass(frozen=True)
 class StateConfig:
+    backend: str = "embedded"  # embedded (memory, or SQLite at path) or redis
     path: str | None = None  # SQLite file; None = history kept in memory only
+    redis: RedisConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -470,8 +481,18 @@ def _resolve_path(text: str, base_dir: Path) -> Path | None:
 
 
 def _state(v: _Validator, node: object, base_dir: Path) -> StateConfig:
-    m = v.mapping(node, "state", {"path"})
+    m = v.mapping(node, "state", {"backend", "path", "redis"})
+    backend = v.string(m, "state.backend", "embedded")
+    if backend not in ("embedded", "redis"):
+        v.problem("state.backend", "must be embedded or redis")
+        backend = "embedded"
     path = v.string(m, "state.path", None)
+    if backend == "redis":
+        if path is not None:
+            v.problem("state.path", "is for the embedded backend; with redis, state is in Redis")
+        return StateConfig(backend="redis", redis=_redis(v, m.get("redis"), base_dir))
+    if m.get("redis") is not None:
+        v.problem("state.redis", "is set but state.backend is not redis")
     if path is None:
         return StateConfig()
     resolved = _resolve_path(path, base_dir)
@@ -483,6 +504,48 @@ def _state(v: _Validator, node: object, base_dir: Path) -> StateConfig:
     elif not resolved.parent.is_dir():
         v.problem("state.path", f"directory {resolved.parent} does not exist")
     return StateConfig(path=str(resolved))
+
+
+def _redis(v: _Validator, node: object, base_dir: Path) -> RedisConfig:
+    d = RedisConfig()
+    m = v.mapping(node, "state.redis", {"url", "password_file", "key_prefix", "lease_seconds"})
+    url = v.string(m, "state.redis.url", d.url) or d.url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("redis", "rediss", "unix")
+        or (parts.scheme != "unix" and not parts.hostname)
+    ):
+        v.problem("state.redis.url", "must be redis://host:port/db, rediss://... or unix://...")
+    elif parts.password:
+        v.problem("state.redis.url", "must not carry a password: use state.redis.password_file")
+    password_file = v.string(m, "state.redis.password_file", None)
+    password = ""
+    if password_file is not None:
+        password = _read_secret(
+            v,
+            password_file,
+            {},
+            base_dir,
+            path="state.redis.password_file",
+            env_name="",
+            what="Redis password",
+            required=True,
+        )
+    prefix = v.string(m, "state.redis.key_prefix", d.key_prefix, max_length=100) or d.key_prefix
+    if not re.fullmatch(r"[A-Za-z0-9:_.-]+", prefix):
+        v.problem("state.redis.key_prefix", "may only use letters, digits and : _ . -")
+    return RedisConfig(
+        url=url,
+        password_file=password_file,
+        key_prefix=prefix,
+        lease_seconds=v.number(m, "state.redis.lease_seconds", d.lease_seconds, 2, 600),
+        password=Secret(password),
+    )
 
 
 def _webhooks(

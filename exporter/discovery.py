@@ -172,10 +172,13 @@ class DiscoveryCycle:
                 (r.created_at for r in self.history.runs.values() if r.active and r.created_at),
                 reverse=True,
             )
+        # the new runs on the pages fetched so far are tracked already (in `created`):
+        # only those not seen yet push the active runs further back
+        unseen = max(0, new - sum(facts.new_runs for facts in self.fetched.values()))
         best = 0
         for j, created_at in enumerate(active, start=1):
             newer = len(created) - bisect.bisect_right(created, created_at)
-            position = new + newer  # its estimated index from the newest
+            position = unseen + newer  # its estimated index from the newest
             extra_pages = len(self.pages_covering(position + 1)) - 1
             if extra_pages <= j:
                 best = position + 1

@@ -23,7 +23,7 @@ from typing import Any
 
 from exporter.config import Config, DiscoveryConfig
 from exporter.model import ALL_STATUSES, RunStatus
-from exporter.persistence import StateError, StateStore
+from exporter.persistence import Loaded, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class TrackedRun:
     credits_pending: bool = False  # counted as finished before credits were reported
     duration_pending: bool = False
     pinned: bool = False  # listed in the config: never forgotten
+    fetch_ok: bool | None = None  # last fetch of a listed run (shared between replicas)
+    fetch_error: str | None = None
 
     @property
     def active(self) -> bool:
@@ -461,6 +463,12 @@ class WorkflowHistory:
             self.removed_runs.clear()
             return meta, runs, removed
 
+    def mark_dirty(self) -> None:
+        """Everything is written again at the next flush."""
+        with self.lock:
+            self.meta_dirty = True
+            self.dirty_runs.update(self.runs)
+
     def requeue(self, removed: Iterable[str]) -> None:
         """A flush failed: write everything, and these removals, next time."""
         with self.lock:
@@ -478,34 +486,74 @@ class WorkflowHistory:
         discovery: DiscoveryConfig | None,
     ) -> WorkflowHistory:
         history = cls(workflow_id, float(meta["watch_start"]), buckets, discovery)
+        history.apply_remote(meta, runs, ())
+        return history
+
+    def apply_remote(
+        self,
+        meta: dict[str, Any] | None,
+        runs: Iterable[dict[str, Any]],
+        removed: Iterable[str],
+    ) -> None:
+        """Take state written by another process (the store at start, the Redis leader
+        for a replica's mirror) as it is: nothing here counts or becomes dirty."""
+        with self.lock:
+            if meta is not None:
+                self._load_meta(meta)
+            for record in runs:
+                run = TrackedRun.from_record(record)
+                old = self.runs.get(run.run_id)
+                if old is not None:
+                    self._unindex(old)
+                self.runs[run.run_id] = run
+                if run.status is not None:
+                    self._status_counts[run.status] += 1
+                if run.active:
+                    self._active.add(run.run_id)
+            for run_id in removed:
+                old = self.runs.pop(run_id, None)
+                if old is not None:
+                    self._unindex(old)
+            self.meta_dirty = False
+            self.dirty_runs.clear()
+            self.removed_runs.clear()
+
+    def _unindex(self, run: TrackedRun) -> None:
+        if run.status is not None:
+            self._status_counts[run.status] -= 1
+        self._active.discard(run.run_id)
+
+    def _load_meta(self, meta: dict[str, Any]) -> None:
+        self.watch_start = float(meta["watch_start"])
         for name in ("created", "finished", "failed", "retried", "credit_limit_count"):
-            setattr(history, name, int(meta.get(name, 0)))
-        history.credits = float(meta.get("credits", 0.0))
+            setattr(self, name, int(meta.get(name, 0)))
+        self.credits = float(meta.get("credits", 0.0))
         for name in ("last_success", "last_failure", "last_created", "credit_limit_at"):
-            setattr(history, name, meta.get(name))
+            setattr(self, name, meta.get(name))
         horizon = meta.get("forget_horizon")
-        history.forget_horizon = -math.inf if horizon is None else float(horizon)
-        if tuple(meta.get("buckets", ())) == history.buckets:
-            history.bucket_hits = [int(x) for x in meta["bucket_hits"]]
-            history.duration_sum = float(meta.get("duration_sum", 0.0))
-        else:
+        self.forget_horizon = -math.inf if horizon is None else float(horizon)
+        if tuple(meta.get("buckets", ())) == self.buckets:
+            self.bucket_hits = [int(x) for x in meta["bucket_hits"]]
+            self.duration_sum = float(meta.get("duration_sum", 0.0))
+        elif any(meta.get("bucket_hits", ())):
             log.warning(
                 "workflow_id=%s duration buckets changed; the duration histogram restarts",
-                workflow_id,
+                self.workflow_id,
             )
         known = set(DiscoveryState.__dataclass_fields__)
-        history.discovery = DiscoveryState(
+        self.discovery = DiscoveryState(
             **{k: v for k, v in meta.get("discovery", {}).items() if k in known}
         )
-        for record in runs:
-            run = TrackedRun.from_record(record)
-            history.runs[run.run_id] = run
-            if run.status is not None:
-                history._status_counts[run.status] += 1
-            if run.active:
-                history._active.add(run.run_id)
-        history.meta_dirty = False
-        return history
+
+    def note_fetch(self, run_id: str, ok: bool, error: str | None, when: float) -> None:
+        """How the last fetch of a listed run went (shown as its fetch_success)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is None:  # a listed run whose first fetch failed
+                run = self.runs[run_id] = TrackedRun(run_id=run_id, first_seen=when, pinned=True)
+            if (run.fetch_ok, run.fetch_error) != (ok, error):
+                run.fetch_ok, run.fetch_error = ok, error
+                self.dirty_runs.add(run_id)
 
 
 class HistoryBook:
@@ -517,6 +565,9 @@ class HistoryBook:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._histories: dict[str, WorkflowHistory] = {}
+        self.writer_lock = threading.RLock()  # one batch of changes committed at a time
+        self._buckets: tuple[float, ...] = ()
+        self._discovery: dict[str, DiscoveryConfig] = {}
         self.backend_up = 1
         self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
         self._pending_deletes: list[str] = []  # workflows no longer configured
@@ -528,6 +579,8 @@ class HistoryBook:
         """Follow the configured workflows: keep, restore or start each one's history."""
         buckets = config.collector.duration_buckets_seconds
         now = self._wall_clock()
+        self._buckets = tuple(buckets)
+        self._discovery = {w.id: w.discovery for w in config.workflows}
         with self._lock:
             current = self._histories
             updated: dict[str, WorkflowHistory] = {}
@@ -596,6 +649,40 @@ class HistoryBook:
         with self._lock:
             return list(self._histories.values())
 
+    def apply_remote(
+        self,
+        workflow_id: str,
+        meta: dict[str, Any] | None,
+        runs: list[dict[str, Any]],
+        removed: list[str],
+    ) -> None:
+        """Mirror a change another replica committed (shared state)."""
+        with self._lock:
+            history = self._histories.get(workflow_id)
+            if history is None:
+                if meta is None or workflow_id not in self._discovery:
+                    return  # not ours to follow, or the meta arrives with a full load
+                history = WorkflowHistory.restore(
+                    workflow_id, meta, runs, self._buckets, self._discovery[workflow_id]
+                )
+                self._histories[workflow_id] = history
+                return
+        history.apply_remote(meta, runs, removed)
+
+    def reset_from(self, loaded: Loaded) -> None:
+        """Replace every followed workflow's history with the shared copy (a full sync)."""
+        with self._lock:
+            for workflow_id in list(self._histories):
+                if workflow_id in loaded:
+                    meta, runs = loaded[workflow_id]
+                    self._histories[workflow_id] = WorkflowHistory.restore(
+                        workflow_id,
+                        meta,
+                        runs,
+                        self._buckets,
+                        self._discovery.get(workflow_id),
+                    )
+
     def workspace_credit_limit_reached(self, when: float) -> None:
         with self._lock:
             self._workspace_limit_count += 1
@@ -607,7 +694,7 @@ class HistoryBook:
 
     def flush(self) -> None:
         """Write what changed since the last flush, all workflows in one transaction."""
-        with self._flush_lock:
+        with self.writer_lock, self._flush_lock:
             histories = self.all()
             changes = []
             for history in histories:

@@ -76,38 +76,12 @@ class Refresher:
 
     def refresh(self, deadline: float) -> RefreshReport:
         """Start what is due; wait until it is all in or `deadline` (monotonic) passes."""
-        interval = self._config.collector.refresh_interval_seconds
         now, wall = self._clock(), self._wall_clock()
-        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
-        waiting: list[concurrent.futures.Future[None]] = []
+        self._before_refresh()
         with self._lock:
             if self._closed:
                 return RefreshReport(0, 0, True)
-            for state in self._store.snapshot():
-                if state.key in self._in_flight:
-                    waiting.append(self._in_flight[state.key])
-                elif state.refresh_due(now, interval):
-                    work.append((state.key, self._fetch_configured_task(state.key)))
-            for workflow in self._config.workflows:
-                history = self._book.get(workflow.id)
-                if history is None:
-                    continue
-                if workflow.discover:
-                    key = (_DISCOVER, workflow.id)
-                    if key in self._in_flight:
-                        waiting.append(self._in_flight[key])
-                    elif _cycle_due(
-                        history.discovery.last_cycle,
-                        self._cycle_attempted.get(workflow.id),
-                        wall,
-                        interval,
-                    ):
-                        self._cycle_attempted[workflow.id] = wall
-                        work.append((key, self._discovery_task(workflow)))
-                else:
-                    work.extend(self._tracked_work(workflow.id, set(workflow.runs), wall))
-            for workflow_id in self._book.adopted():  # unconfigured, known from webhooks
-                work.extend(self._tracked_work(workflow_id, set(), wall))
+            work, waiting = self._plan(now, wall)
             if work:
                 batch = self._health.batch(len(work))
                 for key, task in work:
@@ -125,6 +99,53 @@ class Refresher:
             return RefreshReport(0, 0, True)
         _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, deadline - self._clock()))
         return RefreshReport(len(work), len(waiting), completed=not not_done)
+
+    def _before_refresh(self) -> None:
+        """A hook for shared state (catching up with other replicas)."""
+
+    def _plan(
+        self, now: float, wall: float
+    ) -> tuple[
+        list[tuple[Hashable, Callable[[Batch], None]]], list[concurrent.futures.Future[None]]
+    ]:
+        """What to start (with the lock held), and what already runs that is wanted."""
+        interval = self._config.collector.refresh_interval_seconds
+        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        waiting: list[concurrent.futures.Future[None]] = []
+        for state in self._store.snapshot():
+            if state.key in self._in_flight:
+                waiting.append(self._in_flight[state.key])
+            elif state.refresh_due(now, interval):
+                work.append((state.key, self._fetch_configured_task(state.key)))
+        work.extend(self._discovery_work(wall, waiting))
+        for workflow in self._config.workflows:
+            if not workflow.discover:
+                work.extend(self._tracked_work(workflow.id, set(workflow.runs), wall))
+        for workflow_id in self._book.adopted():  # unconfigured, known from webhooks
+            work.extend(self._tracked_work(workflow_id, set(), wall))
+        return work, waiting
+
+    def _discovery_work(
+        self, wall: float, waiting: list[concurrent.futures.Future[None]]
+    ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
+        interval = self._config.collector.refresh_interval_seconds
+        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        for workflow in self._config.workflows:
+            history = self._book.get(workflow.id)
+            if history is None or not workflow.discover:
+                continue
+            key = (_DISCOVER, workflow.id)
+            if key in self._in_flight:
+                waiting.append(self._in_flight[key])
+            elif _cycle_due(
+                history.discovery.last_cycle,
+                self._cycle_attempted.get(workflow.id),
+                wall,
+                interval,
+            ):
+                self._cycle_attempted[workflow.id] = wall
+                work.append((key, self._discovery_task(workflow)))
+        return work
 
     def _tracked_work(
         self, workflow_id: str, configured: set[str], wall: float

@@ -3,25 +3,34 @@ safely on reload, and asked by the HTTP server to refresh before each scrape."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.client import CopyaiClient
-from exporter.collector import CopyaiCollector, View
+from exporter.collector import CopyaiCollector, HealthView, View
 from exporter.config import Config
 from exporter.exposition import RunRenderer
 from exporter.history import HistoryBook
-from exporter.model import Run
-from exporter.persistence import MemoryStore, SqliteStore, StateStore
+from exporter.model import Run, RunStatus
+from exporter.persistence import Loaded, MemoryStore, SqliteStore, StateStore
 from exporter.refresh import Refresher, RefreshReport
+from exporter.shared import (
+    Coordinator,
+    RedisBackend,
+    RedisStore,
+    SharedRateLimiter,
+    SharedRefresher,
+)
 from exporter.state import ApiHealth, RunState, RunStore
 from exporter.telemetry import Telemetry
 from exporter.webhooks import CREDIT_LIMIT, WebhookEvent
@@ -68,7 +77,13 @@ class Exporter:
             ProcessCollector(registry=self.registry)
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
         self.store = RunStore(config.run_keys())
+        self._writer_lock = threading.RLock()  # one writer of history at a time
+        self.coordinator: Coordinator | None = None
+        self._backend: RedisBackend | None = None
+        if state_store is None and config.state.backend == "redis":
+            state_store = self._start_shared(config)
         self.book = HistoryBook(state_store or open_state_store(config), wall_clock)
+        self.book.writer_lock = self._writer_lock
         self.book.configure(config)
         self._seed_configured_runs(config)
         self.config = config
@@ -78,6 +93,107 @@ class Exporter:
         self._renderer = RunRenderer()
         self.registry.register(CopyaiCollector(self.view, wall_clock=wall_clock))
         self.telemetry.config_loaded(True, wall_clock())
+        if self.coordinator is not None:
+            self.coordinator.start()
+
+    # --- several replicas through Redis ----------------------------------------------
+
+    def _start_shared(self, config: Config) -> StateStore:
+        assert config.state.redis is not None
+        self._backend = RedisBackend(config.state.redis)
+        self.coordinator = Coordinator(
+            self._backend,
+            config.state.redis.lease_seconds,
+            apply=self._apply_observation,
+            mirror=self._mirror,
+            reload=self._reload_shared,
+            flush=lambda: self.book.flush(),  # noqa: PLW0108 - the book comes later
+            mark_all_dirty=lambda: [h.mark_dirty() for h in self.book.all()],
+            writer_lock=self._writer_lock,
+            health=lambda: (
+                self.health.up,
+                self.health.changed_at,
+                self.health.last_successful_refresh,
+            ),
+        )
+        log.info(
+            "state is shared through Redis replica=%s prefix=%s",
+            self._backend.replica,
+            config.state.redis.key_prefix,
+        )
+        return RedisStore(self._backend, self.coordinator)
+
+    def _apply_observation(self, observation: dict[str, Any]) -> None:
+        """On the leader: what a replica learnt, applied to the history it writes."""
+        kind = observation.get("t")
+        workflow_id = observation.get("wf")
+        when = float(observation.get("when") or self._wall_clock())
+        if kind == "webhook":
+            fields = dict(observation["event"])
+            if fields.get("status") is not None:
+                fields["status"] = RunStatus.parse(fields["status"])
+            self._apply_webhook_locally(WebhookEvent(**fields), when)
+            return
+        history = self.book.get(workflow_id) if isinstance(workflow_id, str) else None
+        run_id = observation.get("run_id")
+        if history is None or not isinstance(run_id, str):
+            return
+        if kind == "run":
+            status = observation.get("status")
+            pinned = bool(observation.get("pinned"))
+            history.observe(
+                run_id,
+                when=when,
+                status=RunStatus.parse(status) if status is not None else None,
+                created_at=observation.get("created_at"),
+                credits=observation.get("credits"),
+                pinned=pinned,
+            )
+            if pinned:
+                history.note_fetch(run_id, True, None, when)
+        elif kind == "fetch_failed":
+            history.note_fetch(run_id, False, observation.get("error"), when)
+        elif kind == "touch":
+            history.touch(run_id, when)
+        elif kind == "drop":
+            history.drop(run_id)
+
+    def _mirror(
+        self,
+        workflow_id: str,
+        meta: dict[str, Any] | None,
+        runs: list[dict[str, Any]],
+        removed: list[str],
+    ) -> None:
+        """A change the leader committed: into this replica's history (the leader's own
+        history is already current) and into the listed runs' per-run series."""
+        if self.coordinator is None or not self.coordinator.is_leader:
+            self.book.apply_remote(workflow_id, meta, runs, removed)
+        for record in runs:
+            if record.get("pinned"):
+                self._mirror_listed(workflow_id, record)
+
+    def _mirror_listed(self, workflow_id: str, record: dict[str, Any]) -> None:
+        status = record.get("status")
+        run = None
+        if status is not None:
+            run = Run(
+                run_id=record["run_id"],
+                status=RunStatus.parse(status),
+                created_at=record.get("created_at"),
+                credits=record.get("credits"),
+                raw_status=status,
+            )
+        self.store.mirror(
+            (workflow_id, record["run_id"]), run, record.get("fetch_ok"), record.get("fetch_error")
+        )
+
+    def _reload_shared(self, loaded: Loaded) -> None:
+        self.book.reset_from(loaded)
+        for workflow_id, (_meta, runs) in loaded.items():
+            for record in runs:
+                if record.get("pinned"):
+                    self._mirror_listed(workflow_id, record)
 
     def _make_client(self, config: Config) -> CopyaiClient:
         return CopyaiClient(
@@ -88,9 +204,25 @@ class Exporter:
             wall_clock=self._wall_clock,
             sleep=self._sleep,
             rng=self._rng,
+            limiter=SharedRateLimiter(
+                self._backend, config.api.max_requests_per_second, self._sleep
+            )
+            if self._backend is not None
+            else None,
         )
 
     def _make_refresher(self, config: Config, client: CopyaiClient) -> Refresher:
+        if self.coordinator is not None:
+            return SharedRefresher(
+                config,
+                client,
+                self.store,
+                self.health,
+                self.book,
+                clock=self._clock,
+                wall_clock=self._wall_clock,
+                coordinator=self.coordinator,
+            )
         return Refresher(
             config,
             client,
@@ -149,8 +281,29 @@ class Exporter:
                 yield RunState(workflow.id, tracked.run_id, run=run)
 
     def view(self) -> View:
+        coordinator = self.coordinator
+        if coordinator is None:
+            health = HealthView(self.health.up, self.health.last_successful_refresh)
+            state_up, leader = self.book.backend_up, 1
+        else:  # every replica shows the same, most recent verdict
+            up = coordinator.shared_up if coordinator.shared_up is not None else self.health.up
+            refresh = max(
+                (t for t in (coordinator.shared_refresh, self.health.last_successful_refresh) if t),
+                default=None,
+            )
+            health = HealthView(up, refresh)
+            state_up = self._backend.up if self._backend is not None else 0
+            leader = int(coordinator.is_leader)
         with self._lock:
-            return View(self.config, self.store, self.health, self._scrape_duration, self.book)
+            return View(
+                self.config,
+                self.store,
+                health,
+                self._scrape_duration,
+                self.book,
+                state_up=state_up,
+                leader=leader,
+            )
 
     def refresh(self, deadline: float) -> RefreshReport:
         """Bring state up to date as far as `deadline` (monotonic) allows."""
@@ -216,8 +369,21 @@ class Exporter:
         return self.book.adopt(workflow_id, self.config.collector.duration_buckets_seconds)
 
     def apply_webhook(self, event: WebhookEvent) -> None:
-        """A delivery updates state at once; polling still reconciles it later."""
+        """A delivery updates state at once; polling still reconciles it later. With
+        shared state it goes to the leader (StateError if Redis cannot take it)."""
         when = self._wall_clock()
+        if self.coordinator is not None:
+            self.coordinator.submit(
+                [{"t": "webhook", "event": dataclasses.asdict(event), "when": when}]
+            )
+            return
+        self._apply_webhook_locally(event, when)
+
+    def _apply_webhook_locally(self, event: WebhookEvent, when: float) -> None:
+        if event.workflow_id and self.book.get(event.workflow_id) is None:
+            webhooks = self.config.webhooks
+            if webhooks is not None and webhooks.accept_unknown_workflows:
+                self.adopt_workflow(event.workflow_id)
         history = self.book.get(event.workflow_id) if event.workflow_id else None
         if event.event_type == CREDIT_LIMIT:
             if history is not None:

@@ -110,6 +110,20 @@ class RunStore:
             else:
                 self._states[key] = replace(previous, run=merged, attempted_at=now)
 
+    def mirror(
+        self, key: RunKey, run: Run | None, fetch_ok: bool | None, error: str | None
+    ) -> None:
+        """A listed run as the shared state has it (another replica may have fetched it)."""
+        with self._lock:
+            previous = self._states.get(key)
+            if previous is not None:
+                self._states[key] = replace(
+                    previous,
+                    run=run if run is not None else previous.run,
+                    fetch_ok=fetch_ok,
+                    error=error,
+                )
+
     def seed(self, key: RunKey, run: Run) -> None:
         """Known from persisted history: a finished run needs no fetch after a restart."""
         with self._lock:
@@ -150,6 +164,7 @@ class ApiHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self.up = 0
+        self.changed_at = 0.0  # wall time of the latest verdict, to share the newest one
         self.last_successful_refresh: float | None = None
         self.last_answer_at = -math.inf  # monotonic
 
@@ -182,6 +197,7 @@ class ApiHealth:
                 self.up = 0
             if batch.errors == 0:
                 self.last_successful_refresh = self._wall_clock()
+            self.changed_at = self._wall_clock()
 
 
 # Errors that mean the refresh did not work, as opposed to an answer about one run.

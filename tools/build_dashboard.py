@@ -692,6 +692,7 @@ def build() -> dict[str, Any]:
             instant(
                 f"max by (instance) (time() - process_start_time_seconds{{{JOB}}})", table=True
             ),
+            instant(f"max by (instance) (copyai_state_leader{{{JOB}}})", table=True),
         ],
         w=24,
         h=6,
@@ -711,6 +712,7 @@ def build() -> dict[str, Any]:
                         "Value #C": "State OK",
                         "Value #D": "Config loaded",
                         "Value #E": "Uptime",
+                        "Value #F": "Leader",
                     },
                 },
             },

@@ -1,0 +1,331 @@
+"""Three exporter processes sharing state through a real redis-server on loopback:
+API calls no more than one replica's, counters equal on every replica and to the
+simulator's ground truth, through a kill -9 of the leader and a Redis restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import API_KEY, parse_samples, require_tool, sample, sim_stats, wait_for
+
+LISTENING = re.compile(r"listening url=(http://\S+?)/metrics")
+WF = "WCFG-ha"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Redis:
+    """A redis-server of the test's own, on loopback, without persistence."""
+
+    def __init__(self, binary: str, directory: Path):
+        self.binary, self.directory, self.port = binary, directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    return conn.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=10, interval=0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class Replica:
+    def __init__(self, config: Path, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+            env={**os.environ, "COPYAI_API_KEY": API_KEY},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(self.ready, timeout=20, interval=0.05)
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"replica exited: {self.log.read_text()[-2000:]}")
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def scrape(self) -> dict:
+        return parse_samples(requests.get(f"{self.url}/metrics", timeout=20).text)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(require_tool("redis-server"), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[list]:
+    started: list[Replica] = []
+
+    def start(config: Path, count: int) -> list[Replica]:
+        new = [Replica(config, tmp_path / f"replica-{len(started) + i}.log") for i in range(count)]
+        started.extend(new)
+        return new
+
+    yield start  # type: ignore[misc]
+    for replica in started:
+        replica.stop(signal.SIGKILL if replica.alive() else signal.SIGTERM)
+
+
+def write_config(
+    path: Path,
+    sim,
+    redis: Redis,
+    prefix: str,
+    runs: list[str],
+    discover: bool,
+    refresh: float = 1.0,
+) -> Path:
+    workflow: dict = {"id": WF, "name": "ha", "runs": runs}
+    if discover:
+        workflow["discover"] = True
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "api": {
+                    "base_url": sim.base_url,
+                    "max_requests_per_second": 0,
+                    "max_retries": 0,
+                    "timeout_seconds": 2,
+                },
+                "collector": {"refresh_interval_seconds": refresh, "up_check_interval_seconds": 0},
+                "state": {
+                    "backend": "redis",
+                    "redis": {"url": redis.url, "key_prefix": prefix, "lease_seconds": 2},
+                },
+                "workflows": [workflow],
+            }
+        )
+    )
+    return path
+
+
+def keep_scraping(targets: list[Replica], stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            for replica in targets:
+                if replica.alive():
+                    with contextlib.suppress(requests.RequestException):
+                        requests.get(f"{replica.url}/metrics", timeout=10)
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def get_run_calls(sim) -> int:
+    return sim_stats(sim).get("get_run", 0)
+
+
+def test_three_replicas_cost_the_api_no_more_than_one(sim, world, redis_server, replicas, tmp_path):
+    world.add_workflow("ha", WF)
+    runs = [world.add_run(WF, [("PROCESSING", None)]).run_id for _ in range(20)]
+    counts = []
+    for phase, count in (("one", 1), ("three", 3)):
+        config = write_config(
+            tmp_path / f"{phase}.yaml", sim, redis_server, f"ha-{phase}:", runs, discover=False
+        )
+        group = replicas(config, count)
+        wait_for(
+            lambda g=group: all(
+                len(
+                    [
+                        1
+                        for (n, _), v in r.scrape().items()
+                        if n == "copyai_workflow_run_fetch_success" and v == 1
+                    ]
+                )
+                == 20
+                for r in g
+            ),
+            timeout=30,
+            interval=0.2,
+        )
+        before = get_run_calls(sim)
+        stop = threading.Event()
+        scraper = keep_scraping(group, stop)
+        stop.wait(15.0)  # the measured window: 15 refresh intervals
+        stop.set()
+        scraper.join(timeout=20)
+        counts.append(get_run_calls(sim) - before)
+        for replica in group:
+            replica.stop()
+    one, three = counts
+    assert one >= 20 * 12  # each run fetched about once per second
+    assert abs(three - one) <= 0.10 * one, counts
+
+
+def counters(replica: Replica) -> dict[str, float]:
+    samples = replica.scrape()
+    return {
+        name: sample(samples, f"copyai_workflow_{name}", workflow_id=WF) or 0.0
+        for name in (
+            "runs_created_total",
+            "runs_finished_total",
+            "runs_failed_total",
+            "run_credits_total",
+        )
+    }
+
+
+def leader_of(group: list[Replica]) -> Replica:
+    def find():
+        leaders = [r for r in group if r.alive() and sample(r.scrape(), "copyai_state_leader") == 1]
+        return leaders[0] if len(leaders) == 1 else None
+
+    return wait_for(find, timeout=30, interval=0.2)
+
+
+def test_replicas_agree_with_the_truth_through_kill_9_and_a_redis_restart(
+    sim, world, redis_server, replicas, tmp_path
+):
+    world.add_workflow("ha", WF)
+    for i in range(20):  # before anyone watched: a baseline, never counted
+        world.add_run(WF, [("COMPLETE", None)], age_seconds=3000 - i, credits=5)
+    listed = world.add_run(WF, [("PROCESSING", None)], age_seconds=600).run_id
+    config = write_config(tmp_path / "ha.yaml", sim, redis_server, "ha:", [listed], discover=True)
+    group = replicas(config, 3)
+    leader_of(group)
+    wait_for(
+        lambda: all(
+            counters(r)["runs_created_total"] == 0
+            and sample(r.scrape(), "copyai_workflow_runs", workflow_id=WF, status="COMPLETE") == 20
+            for r in group
+        ),
+        timeout=30,
+        interval=0.2,
+    )
+    since = time.time()
+    stop = threading.Event()
+    scraper = keep_scraping(group, stop)
+    try:
+
+        def batch(n: int, failing: int) -> None:
+            for i in range(n):
+                end = "FAILED" if i < failing else "COMPLETE"
+                world.add_run(
+                    WF,
+                    [("NEW", 0.3), ("PROCESSING", 1.0), (end, None)],
+                    credits=i + 1,
+                    credits_as_string=bool(i % 2),
+                )
+
+        batch(8, 2)
+        wait_for(lambda: counters(group[0])["runs_finished_total"] >= 4, timeout=30, interval=0.2)
+        leader = leader_of(group)
+        leader.stop(signal.SIGKILL)  # mid-run, without a goodbye
+        batch(8, 3)
+        survivors = [r for r in group if r.alive()]
+        leader_of(survivors)  # a successor takes the lease once it expires
+        redis_server.stop()  # Redis restarts, losing everything (no persistence)
+        stale = counters(survivors[0])
+        assert stale["runs_created_total"] >= 8  # served from memory meanwhile
+        batch(4, 1)
+        redis_server.start()
+        truth = world.truth(since)[WF]
+
+        def settled():
+            current = world.truth(since)[WF]
+            seen = [counters(r) for r in survivors]
+            done = current["active"] == 0 and all(
+                c["runs_finished_total"] == current["finished"] for c in seen
+            )
+            return (seen, current) if done else None
+
+        seen, truth = wait_for(settled, timeout=60, interval=0.5)
+    finally:
+        stop.set()
+        scraper.join(timeout=20)
+    assert truth["created"] == 20
+    expected = {
+        "runs_created_total": truth["created"],
+        "runs_finished_total": truth["finished"],
+        "runs_failed_total": truth["failed"],
+        "run_credits_total": truth["credits"],
+    }
+    for replica_counters in seen:
+        assert replica_counters == expected
+    logs = "".join(r.log.read_text() for r in survivors)
+    assert "Redis lost the shared state; writing this replica's copy back" in logs
+    assert "now leads" in logs  # the lease passed to a survivor after the kill
+    for replica in survivors:
+        samples = replica.scrape()
+        assert sample(samples, "copyai_state_backend_up") == 1
+        assert sample(samples, "copyai_workflow_runs", workflow_id=WF, status="COMPLETE") == (
+            20 + truth["finished"] - truth["failed"]
+        )
