@@ -1,0 +1,333 @@
+"""Plumbing shared by the rows: child processes, free ports, the simulator's control API,
+a Prometheus-like scrape client, VmHWM, percentiles and a settable clock."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "demo-key"  # the simulator's default key
+# What Prometheus 2.x/3.x sends (the exporter answers the classic text format anyway).
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound and released; the caller binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- child processes -----------------------------------------------------------------
+
+
+class Child:
+    """A child process with stdin from /dev/null, stdout and stderr to files, in a
+    session of its own (so it never holds the caller's terminal or pipes)."""
+
+    def __init__(self, name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str]):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def wait_until_answers(url: str, child: Child | None, timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200; fail early if the child died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child is not None and not child.alive():
+            raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+class Processes:
+    """Starts children and stops every one of them, whatever happens (use as `with`)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._children: list[Child] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        child = Child(name, argv, self.workdir, env or {})
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        child.stop()
+        with contextlib.suppress(ValueError):
+            self._children.remove(child)
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The end of every running child's log, for a failure report."""
+        return "\n".join(f"--- {c.name} log ---\n{c.log_tail(lines)}" for c in self._children)
+
+    def stop_all(self) -> None:
+        while self._children:
+            self._children.pop().stop()
+
+
+# --- the simulator's control API -----------------------------------------------------
+
+
+class SimClient:
+    """`/_sim/...` of a simulator at `root` (http://host:port), in-process or not."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/api"
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.root + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_sim/stats")
+
+    def requests(self) -> dict[str, int]:
+        return dict(self.stats()["requests"])
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/stats/reset", {})
+
+    def faults(self, **changes: Any) -> dict[str, Any]:
+        return self._call("POST", "/_sim/faults", changes)
+
+    def add_run(self, workflow_id: str, steps: list[list[Any]], **details: Any) -> str:
+        answer = self._call(
+            "POST", "/_sim/runs", {"workflow_id": workflow_id, "steps": steps, **details}
+        )
+        return answer["run_id"]
+
+
+def api_calls(requests: Mapping[str, int]) -> int:
+    """API requests in a /_sim/stats count (control endpoints are not counted there)."""
+    return sum(n for endpoint, n in requests.items() if not endpoint.startswith("webhook_"))
+
+
+# --- scraping like Prometheus --------------------------------------------------------
+
+
+@dataclass
+class Scrape:
+    seconds: float  # connect, request, whole body read
+    status: int
+    wire_bytes: int
+    text: str  # decoded body
+
+
+def scrape(
+    host: str,
+    port: int,
+    *,
+    gzip_ok: bool = True,
+    timeout_header: float | None = 10.0,
+    timeout: float = 120.0,
+    path: str = "/metrics",
+) -> Scrape:
+    """One scrape over a new connection with http.client, as Prometheus sends it."""
+    headers = {"Accept": PROMETHEUS_ACCEPT, "User-Agent": "benchmarks/1"}
+    if gzip_ok:
+        headers["Accept-Encoding"] = "gzip"
+    if timeout_header is not None:
+        headers["X-Prometheus-Scrape-Timeout-Seconds"] = f"{timeout_header:g}"
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        seconds = time.perf_counter() - started
+        encoding = response.getheader("Content-Encoding", "")
+    finally:
+        connection.close()
+    text = (gzip.decompress(body) if encoding == "gzip" else body).decode("utf-8")
+    return Scrape(seconds, response.status, len(body), text)
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+def samples(text: str, name: str) -> list[tuple[str, float]]:
+    """(labels text, value) of every sample of one metric name."""
+    return [
+        (m.group(2) or "", float(m.group(3))) for m in _SAMPLE.finditer(text) if m.group(1) == name
+    ]
+
+
+def fetched_runs(text: str) -> int:
+    """Runs whose last fetch succeeded (copyai_workflow_run_fetch_success 1)."""
+    return sum(1 for _, v in samples(text, "copyai_workflow_run_fetch_success") if v == 1)
+
+
+def tracked_runs(text: str) -> int:
+    """Runs counted in copyai_workflow_runs (every status, every workflow)."""
+    return round(sum(v for _, v in samples(text, "copyai_workflow_runs")))
+
+
+# --- measurements --------------------------------------------------------------------
+
+
+def proc_status(pid: int, field: str) -> float:
+    """A memory field of /proc/<pid>/status (VmHWM, VmRSS) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": memory,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+class FakeClock:
+    """Monotonic and wall clocks that move only when told to (thread-safe)."""
+
+    def __init__(self, wall_start: float | None = None):
+        self._lock = threading.Lock()
+        self.now = 1_000.0
+        self._wall_offset = (time.time() if wall_start is None else wall_start) - self.now
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def wall(self) -> float:
+        with self._lock:
+            return self.now + self._wall_offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+# --- configs -------------------------------------------------------------------------
+
+
+def exporter_document(
+    base_url: str,
+    workflows: list[dict[str, Any]],
+    *,
+    api: Mapping[str, Any] | None = None,
+    collector: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An exporter config: no client-side rate limit unless asked (the default of 10/s
+    would make every row measure the limiter, not the exporter)."""
+    return {
+        "api": {"base_url": base_url, "max_requests_per_second": 0, **(api or {})},
+        "collector": dict(collector or {}),
+        "workflows": workflows,
+    }
+
+
+def workflows_of(config_path: Path) -> list[dict[str, Any]]:
+    """The workflows of a config written by `simulate --write-config`."""
+    return yaml.safe_load(config_path.read_text(encoding="utf-8"))["workflows"]
+
+
+def write_yaml(path: Path, document: Any) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
