@@ -463,6 +463,12 @@ class WorkflowHistory:
             self.removed_runs.clear()
             return meta, runs, removed
 
+    def discard_changes(self) -> None:
+        with self.lock:
+            self.meta_dirty = False
+            self.dirty_runs.clear()
+            self.removed_runs.clear()
+
     def mark_dirty(self) -> None:
         """Everything is written again at the next flush."""
         with self.lock:
@@ -696,6 +702,10 @@ class HistoryBook:
         """Write what changed since the last flush, all workflows in one transaction."""
         with self.writer_lock, self._flush_lock:
             histories = self.all()
+            if not getattr(self.store, "persistent", True):
+                for history in histories:  # nothing keeps it: do not build the records
+                    history.discard_changes()
+                return
             changes = []
             for history in histories:
                 meta, runs, removed = history.take_changes()

@@ -39,6 +39,7 @@ class MemoryStore:
     """No persistence: a restart starts every workflow's history afresh."""
 
     name = "memory"
+    persistent = False  # flush() need not even build the records
 
     def load(self) -> Loaded:
         return {}

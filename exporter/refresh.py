@@ -16,18 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.client import ApiError, CopyaiClient, ErrorKind, RunPage
 from exporter.config import Config, WorkflowConfig
 from exporter.discovery import DiscoveryCycle
 from exporter.history import HistoryBook
 from exporter.model import Run
-from exporter.state import ApiHealth, Batch, RunKey, RunStore
+from exporter.state import ApiHealth, Batch, RunKey, RunStore, due_age
 
 log = logging.getLogger(__name__)
 
 # Discovery coordinators mostly wait for page fetches, which run in the fetch pool.
 MAX_COORDINATORS = 4
+GROUP_LENGTH = 16  # runs one queued fetch task handles, at most, per wave
 # in-flight keys: configured runs are (workflow_id, run_id); these objects cannot be ids
 _DISCOVER, _TRACKED = object(), object()
 
@@ -84,11 +86,18 @@ class Refresher:
             work, waiting = self._plan(now, wall)
             if work:
                 batch = self._health.batch(len(work))
+                fetches = []
                 for key, task in work:
-                    coordinator = isinstance(key, tuple) and key[:1] == (_DISCOVER,)
-                    pool = self._coordinators if coordinator else self._pool
-                    future = pool.submit(self._run, key, task, batch)
-                    self._in_flight[key] = future
+                    if isinstance(key, tuple) and key[:1] == (_DISCOVER,):
+                        future = self._coordinators.submit(self._run, key, task, batch)
+                        self._in_flight[key] = future
+                        waiting.append(future)
+                    else:
+                        fetches.append((key, task))
+                for group in _groups(fetches, self._config.api.max_concurrency):
+                    future = self._pool.submit(self._run_group, group, batch)
+                    for key, _task in group:
+                        self._in_flight[key] = future
                     waiting.append(future)
             elif not waiting and self._probe_due(now):
                 self._probe_started_at = now
@@ -109,7 +118,7 @@ class Refresher:
         list[tuple[Hashable, Callable[[Batch], None]]], list[concurrent.futures.Future[None]]
     ]:
         """What to start (with the lock held), and what already runs that is wanted."""
-        interval = self._config.collector.refresh_interval_seconds
+        interval = due_age(self._config.collector.refresh_interval_seconds)
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         waiting: list[concurrent.futures.Future[None]] = []
         for state in self._store.snapshot():
@@ -128,7 +137,7 @@ class Refresher:
     def _discovery_work(
         self, wall: float, waiting: list[concurrent.futures.Future[None]]
     ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
-        interval = self._config.collector.refresh_interval_seconds
+        interval = due_age(self._config.collector.refresh_interval_seconds)
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         for workflow in self._config.workflows:
             history = self._book.get(workflow.id)
@@ -155,7 +164,7 @@ class Refresher:
         history = self._book.get(workflow_id)
         if history is None:
             return []
-        interval = self._config.collector.refresh_interval_seconds
+        interval = due_age(self._config.collector.refresh_interval_seconds)
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         for run_id in history.due_for_fetch(wall, interval, configured):
             key = (_TRACKED, workflow_id, run_id)
@@ -163,12 +172,24 @@ class Refresher:
                 work.append((key, self._fetch_tracked_task(workflow_id, run_id)))
         return work
 
-    def _run(self, key: Hashable, task: Callable[[Batch], None], batch: Batch) -> None:
+    def _run(
+        self, key: Hashable, task: Callable[[Batch], None], batch: Batch, flush: bool = True
+    ) -> None:
         try:
             task(batch)
         finally:
             with self._lock:
                 self._in_flight.pop(key, None)
+            if flush:
+                self._book.flush()
+
+    def _run_group(
+        self, group: list[tuple[Hashable, Callable[[Batch], None]]], batch: Batch
+    ) -> None:
+        try:
+            for key, task in group:
+                self._run(key, task, batch, flush=False)
+        finally:
             self._book.flush()
 
     # --- observations: every look at a run goes through here -------------------------
@@ -245,7 +266,7 @@ class Refresher:
             if history is None:
                 batch.release()
                 return
-            interval = self._config.collector.refresh_interval_seconds
+            interval = due_age(self._config.collector.refresh_interval_seconds)
 
             def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
                 return self._fetch_pages(workflow, pages, batch)
@@ -359,6 +380,20 @@ class Refresher:
         # coordinators first: a running discovery cycle still needs the fetch pool
         self._coordinators.shutdown(wait=wait, cancel_futures=True)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _groups(items: list[Any], workers: int) -> list[list[Any]]:
+    """Fetches in a whole number of waves of `workers` groups, dealt round-robin so every
+    group is as long as the others: one future per group instead of one per run (10,000
+    queued futures cost ~19 MB), with the pool kept as busy as one per run would."""
+    if not items:
+        return []
+    waves = max(1, math.ceil(len(items) / (workers * GROUP_LENGTH)))
+    count = min(len(items), workers * waves)
+    groups: list[list[Any]] = [[] for _ in range(count)]
+    for i, item in enumerate(items):
+        groups[i % count].append(item)
+    return groups
 
 
 def _cycle_due(

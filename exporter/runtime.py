@@ -259,13 +259,17 @@ class Exporter:
             return self._client
 
     def render(self) -> bytes:
-        """The whole exposition: the registry (workflow, health and own metrics), then
-        the per-run families from the renderer."""
+        """The whole exposition as one bytes object (tests, small outputs)."""
+        return b"".join(self.render_chunks())
+
+    def render_chunks(self) -> Iterator[bytes]:
+        """The whole exposition in chunks: the registry (workflow, health and own
+        metrics), then the per-run families from the renderer."""
         view = self.view()
-        head = generate_latest(self.registry)
+        yield generate_latest(self.registry)
         runs = itertools.chain(view.store.snapshot(), self._discovered_series(view))
         sparse = view.config.collector.sparse_status
-        return head + self._renderer.render(runs, self._wall_clock(), sparse)
+        yield from self._renderer.render_chunks(runs, self._wall_clock(), sparse)
 
     def _discovered_series(self, view: View) -> Iterator[RunState]:
         """Per-run series for discovered runs where asked (run_series): active, capped."""

@@ -42,7 +42,7 @@ from exporter.config import RedisConfig
 from exporter.model import Run
 from exporter.persistence import Change, Loaded, StateError
 from exporter.refresh import _TRACKED, Refresher
-from exporter.state import Batch, RunKey
+from exporter.state import Batch, RunKey, due_age
 
 log = logging.getLogger(__name__)
 
@@ -676,7 +676,7 @@ class SharedRefresher(Refresher):
             self._shared.sync()
 
     def _plan(self, now: float, wall: float):
-        interval = self._config.collector.refresh_interval_seconds
+        interval = due_age(self._config.collector.refresh_interval_seconds)
         candidates: list[tuple[Any, str, Callable[[Batch], None]]] = []
         waiting: list[Any] = []
         for state in self._store.snapshot():

@@ -3,6 +3,7 @@ example bodies, error answers, caching, the refresh interval, copyai_up and logg
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -211,6 +212,28 @@ def test_active_runs_respect_the_refresh_interval(make, clock):
     clock.advance(5)  # 30 s since the fetch
     scrape(exporter, clock)
     assert calls.call_count == 2
+
+
+@responses.activate
+def test_a_slow_fetch_is_still_due_at_the_scrape_one_interval_later(make, clock):
+    """Each fetch takes 200 ms of the exporter's clock, so it finishes after the scrape
+    that started it; the scrape one interval later must still fetch the run, not the
+    one after it (with 15 s scrapes and a 30 s interval: every 30 s, not every 45 s)."""
+
+    def slow(request):
+        clock.advance(0.2)
+        return 200, {}, json.dumps(body(RUN_A, status="PROCESSING"))
+
+    responses.add_callback(responses.GET, run_url(RUN_A), callback=slow)
+    exporter = make(config([RUN_A], refresh=30, up_check_interval_seconds=0))
+    fetched_at = []
+    for tick in range(9):  # a scrape every 15 s from 0 to 120 s
+        calls = len(responses.calls)
+        scrape(exporter, clock)
+        if len(responses.calls) > calls:
+            fetched_at.append(tick * 15)
+        clock.advance(15 - (clock() - 1_000.0 - tick * 15))  # back on the 15 s grid
+    assert fetched_at == [0, 30, 60, 90, 120]
 
 
 @responses.activate

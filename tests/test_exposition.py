@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import RunRenderer
+from exporter.exposition import CHUNK_BYTES, RunRenderer
 from exporter.model import Run, RunStatus
 from exporter.state import RunState
 from exporter.transport import make_session
@@ -65,6 +65,23 @@ def test_unchanged_runs_reuse_their_lines_and_changes_show():
     assert sparse.count(b"copyai_workflow_run_status{") == 1
     renderer.render([], now=300.0, sparse=True)
     assert renderer._cache == {}  # a run gone from the config leaves no lines behind
+
+
+def test_a_large_exposition_streams_in_bounded_chunks():
+    """Thousands of runs come out in chunks of about CHUNK_BYTES, never as one buffer of
+    the whole answer, and the chunks together are exactly the whole render."""
+    renderer = RunRenderer()
+    runs = [state(f"WRUN-{i:05d}", RunStatus.PROCESSING, credits=i) for i in range(3000)]
+    chunks = list(renderer.render_chunks(runs, now=500.0, sparse=False))
+    whole = b"".join(chunks)
+    assert len(whole) > 4 * CHUNK_BYTES
+    assert len(chunks) >= 4
+    longest_line = max(len(line) for line in whole.splitlines(keepends=True))
+    assert max(len(c) for c in chunks) < CHUNK_BYTES + longest_line + 1024  # + HELP, TYPE
+    assert whole == renderer.render(runs, now=500.0, sparse=False)
+    samples = parse(whole)
+    key = (("run_id", "WRUN-02999"), ("workflow_id", "WCFG-1"))
+    assert samples[("copyai_workflow_run_credits", key)] == 2999
 
 
 def test_session_reads_proxy_settings_once_for_the_api_origin(monkeypatch):

@@ -569,6 +569,8 @@ def test_tracked_run_record_round_trip():
 
 
 class RecordingStore(MemoryStore):
+    persistent = True  # it keeps what it is given: flush must build the records
+
     def __init__(self, loaded=None):
         self.loaded = loaded or {}
         self.saved: list = []

@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from exporter.server import WebOptions
+from exporter.server import WebOptions, _gzipped
 from tests.conftest import (
     API_KEY,
     make_config,
@@ -226,3 +226,10 @@ def test_full_output_passes_promtool_check_metrics(sim, world, start_exporter):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_streamed_gzip_of_many_chunks_is_one_valid_gzip_answer():
+    chunks = [(f"metric_{i} {i}\n" * 20_000).encode() for i in range(5)]  # ~1.3 MB
+    compressed = list(_gzipped(iter(chunks)))
+    assert len(compressed) > 1  # sent as it is compressed, not held whole
+    assert gzip.decompress(b"".join(compressed)) == b"".join(chunks)
