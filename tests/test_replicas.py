@@ -293,6 +293,11 @@ def test_replicas_agree_with_the_truth_through_kill_9_and_a_redis_restart(
         survivors = [r for r in group if r.alive()]
         leader_of(survivors)  # a successor takes the lease once it expires
         redis_server.stop()  # Redis restarts, losing everything (no persistence)
+        wait_for(  # each replica says so, and goes on serving
+            lambda: all(sample(r.scrape(), "copyai_state_backend_up") == 0 for r in survivors),
+            timeout=30,
+            interval=0.2,
+        )
         stale = counters(survivors[0])
         assert stale["runs_created_total"] >= 8  # served from memory meanwhile
         batch(4, 1)
@@ -323,9 +328,13 @@ def test_replicas_agree_with_the_truth_through_kill_9_and_a_redis_restart(
     logs = "".join(r.log.read_text() for r in survivors)
     assert "Redis lost the shared state; writing this replica's copy back" in logs
     assert "now leads" in logs  # the lease passed to a survivor after the kill
-    for replica in survivors:
+    # a replica that starts now catches up from Redis and counts nothing twice
+    (late,) = replicas(config, 1)
+    wait_for(lambda: counters(late) == expected, timeout=30, interval=0.2)
+    for replica in [*survivors, late]:
         samples = replica.scrape()
         assert sample(samples, "copyai_state_backend_up") == 1
         assert sample(samples, "copyai_workflow_runs", workflow_id=WF, status="COMPLETE") == (
             20 + truth["finished"] - truth["failed"]
         )
+    assert counters(late) == expected

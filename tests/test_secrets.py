@@ -362,8 +362,8 @@ def test_a_logged_exception_carrying_the_key_is_redacted(log_format):
 class _LeakySession(requests.Session):
     """A transport with a bug that puts the request headers in its error message."""
 
-    def request(self, method, url, **kwargs):
-        raise RuntimeError(f"adapter bug while sending {method} headers={kwargs.get('headers')}")
+    def send(self, request, **kwargs):
+        raise RuntimeError(f"adapter bug while sending {request.method} headers={request.headers}")
 
 
 def test_an_unexpected_error_while_fetching_is_logged_redacted():
