@@ -337,3 +337,73 @@ def storm(
         else timeout,
         calls=calls,
     )
+
+
+# --- row 7: replicas sharing state through Redis -------------------------------------
+
+
+@dataclass
+class Replicated:
+    replicas: int
+    cold_seconds: float  # until every replica answered with every run fetched
+    cold_calls: dict[str, int]
+    steady_seconds: float  # the window of real time the steady calls were counted in
+    steady_calls: dict[str, int]
+    active_runs: int  # runs fetched in the steady window
+    most_calls_to_one_run: int
+
+
+def replicated(
+    sim: SimClient,
+    ports: Sequence[int],
+    *,
+    expected_runs: int,
+    refresh_interval: float,
+    intervals: int,
+    host: str = "127.0.0.1",
+    timeout_header: float = 10.0,
+) -> Replicated:
+    """Replicas that share one Redis, scraped in real time: the cold refresh (every
+    replica scraped at once until each answers with every run fetched), then `intervals`
+    refresh intervals in which each replica is scraped twice per interval, as an HA pair
+    of Prometheus servers would, and the API calls counted exactly."""
+    sim.reset()
+    failures: list[BaseException] = []
+
+    def cold(port: int) -> None:
+        try:
+            cold_refresh(host, port, expected_runs, timeout_header)
+        except (OSError, RuntimeError) as exc:
+            failures.append(exc)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=cold, args=(port,), daemon=True) for port in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    cold_seconds = time.perf_counter() - started
+    if failures or any(thread.is_alive() for thread in threads):
+        raise RuntimeError(f"a replica never answered with every run fetched: {failures}")
+    cold_calls = sim.requests()
+
+    sim.reset()
+    # each replica twice per interval, staggered, the last scrape at the window's end: a
+    # run fetched during the cold refresh falls due once per interval inside the window
+    every = refresh_interval / 2 / len(ports)
+    steps = round(intervals * refresh_interval / every)
+    window_started = time.monotonic()
+    for step in range(1, steps + 1):
+        time.sleep(max(0.0, window_started + step * every - time.monotonic()))
+        scrape(host, ports[step % len(ports)], timeout_header=timeout_header)
+    stats = sim.stats()
+    per_run = stats["runs"]
+    return Replicated(
+        replicas=len(ports),
+        cold_seconds=cold_seconds,
+        cold_calls=cold_calls,
+        steady_seconds=time.monotonic() - window_started,
+        steady_calls=dict(stats["requests"]),
+        active_runs=sum(1 for n in per_run.values() if n),
+        most_calls_to_one_run=max(per_run.values(), default=0),
+    )

@@ -29,6 +29,7 @@ from benchmarks.harness import (
     ROOT,
     Child,
     Processes,
+    RedisServer,
     SimClient,
     api_calls,
     cpu_seconds,
@@ -62,6 +63,8 @@ class Sizes:
     naive_warm_small: int = 3
     storm: int = 50
     bound_new_runs: int = 2_000  # row 5: runs added past the cap
+    replica_refresh: float = 10.0  # row 7: refresh_interval_seconds, real time
+    replica_intervals: int = 3  # row 7: refresh intervals the steady calls are counted over
 
     @property
     def small(self) -> int:
@@ -81,6 +84,8 @@ QUICK = Sizes(
     warm_large=20,
     naive_warm_small=1,
     bound_new_runs=300,
+    replica_refresh=5.0,
+    replica_intervals=2,
 )
 
 
@@ -665,6 +670,83 @@ class Bench:
                 raise RuntimeError("the exporter never tracked every run")
         return self.settle(child, port)
 
+    def replicas(self) -> None:
+        """Row 7: 1, 2 and 3 replicas sharing one Redis, against one simulator."""
+        s, latency, report = self.sizes, self.latency, self.report
+        n = s.small
+        try:
+            redis = RedisServer(self.workdir)
+        except FileNotFoundError as exc:
+            report.note(f"row 7: not measured: {exc}")
+            return
+        with redis:
+            progress(f"simulator: {n:,} runs (10% active), {secs(latency)} latency")
+            _, sim, workflows = self.bulk_simulator(
+                "sim-replicas", s.small_per_workflow, 0.1, latency
+            )
+            results: list[rows.Replicated] = []
+            for count in (1, 2, 3):
+                progress(f"row 7: {count} replica(s) sharing Redis")
+                doc = exporter_document(
+                    sim.base_url,
+                    workflows,
+                    api={"max_concurrency": CONCURRENCY},
+                    collector={
+                        "refresh_interval_seconds": s.replica_refresh,
+                        "up_check_interval_seconds": 60,
+                    },
+                )
+                doc["state"] = {
+                    "backend": "redis",
+                    "redis": {"url": redis.url, "key_prefix": f"bench-{count}:"},
+                }
+                children = [self.exporter(f"replica-{count}-{i}", doc) for i in range(count)]
+                results.append(
+                    rows.replicated(
+                        sim,
+                        [port for _, port in children],
+                        expected_runs=n,
+                        refresh_interval=s.replica_refresh,
+                        intervals=s.replica_intervals,
+                        timeout_header=SCRAPE_TIMEOUT,
+                    )
+                )
+                for child, _ in children:
+                    self.procs.stop(child)
+        self.replica_lines(results, n, latency)
+
+    def replica_lines(self, results: list[rows.Replicated], n: int, latency: float) -> None:
+        s, report = self.sizes, self.report
+        one = results[0]
+        one_cold, one_steady = api_calls(one.cold_calls), api_calls(one.steady_calls)
+        for result in results:
+            r = result.replicas
+            cold, steady = api_calls(result.cold_calls), api_calls(result.steady_calls)
+            within = cold <= 1.1 * one_cold and steady <= 1.1 * one_steady
+            report.add(
+                "7",
+                f"{r} replica{'s' if r > 1 else ''} sharing one Redis, {num(n)} runs (10 % "
+                f"active), {secs(latency)} latency, max_concurrency {CONCURRENCY} each: cold "
+                "refresh (until every replica answers with every run fetched) and its calls; "
+                f"then API calls per refresh interval ({s.replica_refresh:g} s, "
+                f"{s.replica_intervals} intervals of real time, each replica scraped twice "
+                "per interval)",
+                f"cold {secs(result.cold_seconds)}, {num(cold)} calls; then "
+                f"{num(steady / s.replica_intervals)} per interval "
+                f"({call_mix(result.steady_calls)} in all; {result.active_runs} runs fetched, "
+                f"at most {result.most_calls_to_one_run} times each)",
+                f"cold {secs(rows.cold_limit(n, CONCURRENCY * r, latency))}, {num(n)} calls; "
+                f"then {num(n // 10)} per interval",
+                f"{num(n * r)} calls per scrape round (every replica fetches every run)",
+                "calls within 10 % of 1 replica's" if r > 1 else "",
+                within if r > 1 else None,
+            )
+        report.note(
+            "row 7: the cold limit assumes the replicas' fetch pools add up, which 2 cores "
+            "shared with the simulator and the replicas cannot give; a replica also shows "
+            "the runs another replica fetched only after the leader has committed them"
+        )
+
 
 def rank_note(samples: int) -> str:
     """Which sample the nearest-rank p99 is."""
@@ -755,9 +837,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.05, help="simulated API latency, s")
     parser.add_argument(
         "--only",
-        default="configured,large,discovery",
+        default="configured,large,discovery,replicas",
         help="phases to run (comma-separated): configured (rows 1, 2, 3, 6), large (rows 3 "
-        "and 5 at 10,000 runs), discovery (rows 4 and 5)",
+        "and 5 at 10,000 runs), discovery (rows 4 and 5), replicas (row 7, needs "
+        "redis-server)",
     )
     parser.add_argument("--update", metavar="FILE", help="write the results into FILE's block")
     args = parser.parse_args(argv)
@@ -772,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
             "configured": bench.configured_runs,
             "large": bench.large_configured,
             "discovery": bench.discovered_runs,
+            "replicas": bench.replicas,
         }
         try:
             for name in args.only.split(","):
