@@ -18,7 +18,7 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from exporter.config import Config, DiscoveryConfig
@@ -57,7 +57,9 @@ class TrackedRun:
         return self.status is not None and not self.status.terminal
 
     def to_record(self) -> dict[str, Any]:
-        record = asdict(self)
+        # every field is a str, number, bool, None or a status: a flat copy is the whole
+        # record (dataclasses.asdict deep-copies field by field: 37 µs a run against 3 µs)
+        record = {name: getattr(self, name) for name in _RUN_FIELDS}
         record["status"] = self.status.value if self.status else None
         record["first_status"] = self.first_status.value if self.first_status else None
         return record
@@ -69,6 +71,9 @@ class TrackedRun:
             data[key] = RunStatus.parse(data[key]) if data.get(key) else None
         known = {f for f in cls.__slots__}  # type: ignore[attr-defined]
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(TrackedRun))
 
 
 @dataclass

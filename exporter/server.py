@@ -78,7 +78,11 @@ class ExporterApp:
                 [("Allow", ", ".join(methods))],
             )
         body = handler(environ, start_response)
-        return [] if method == "HEAD" else body
+        if method == "HEAD":
+            # one empty write sends the GET's headers as they are; an empty list would
+            # make wsgiref add "Content-Length: 0" to /metrics, whose GET has no length
+            return iter([b""])
+        return body
 
     # --- routes ----------------------------------------------------------------------
 

@@ -210,6 +210,9 @@ def test_head_answers_without_a_body(exporter):
         assert separator and body == b"", path
         assert headers_of(answer)["content-type"].startswith("text/")
         assert requests.head(f"{exporter.url}{path}", timeout=10).content == b""
+        got = requests.get(f"{exporter.url}{path}", timeout=10)
+        # the same headers as GET: /metrics streams, so neither has a length
+        assert headers_of(answer).get("content-length") == got.headers.get("Content-Length")
 
 
 # --- vanishing clients ---------------------------------------------------------------------
