@@ -43,18 +43,7 @@ class BenchWorld(World):
                 ordered = sorted(runs_by_id.values(), key=lambda r: -r.created_at)
                 cached = self._newest_first[workflow_id] = (len(runs_by_id), ordered)
             runs = cached[1]
-        # from here on exactly as World.list_runs
-        now = self.clock()
-        items = [r.record(now) for r in runs[(page - 1) * size : page * size]]
-        for item in items[1::2]:
-            item.pop("input", None)
-            item.pop("output", None)
-        every = self.faults.list_omit_status_every
-        if every > 0:
-            for item in items[every - 1 :: every]:
-                item.pop("status", None)
-        total: int | str = len(runs) if page % 2 else str(len(runs))
-        return 200, {"status": "success", "data": {"total": total, "data": items}}
+        return self.list_page(runs, size, page)
 
 
 def active_positions(runs: int, newest: int, deep: int) -> list[int]:

@@ -707,7 +707,7 @@ class HistoryBook:
         """Write what changed since the last flush, all workflows in one transaction."""
         with self.writer_lock, self._flush_lock:
             histories = self.all()
-            if not getattr(self.store, "persistent", True):
+            if not self.store.persistent:
                 for history in histories:  # nothing keeps it: do not build the records
                     history.discard_changes()
                 return

@@ -25,6 +25,7 @@ class StateError(Exception):
 
 class StateStore(Protocol):
     name: str
+    persistent: bool  # False: save() keeps nothing, so no record need be built for it
 
     def load(self) -> Loaded: ...
 
@@ -39,7 +40,7 @@ class MemoryStore:
     """No persistence: a restart starts every workflow's history afresh."""
 
     name = "memory"
-    persistent = False  # flush() need not even build the records
+    persistent = False
 
     def load(self) -> Loaded:
         return {}
@@ -56,6 +57,7 @@ class MemoryStore:
 
 class SqliteStore:
     name = "sqlite"
+    persistent = True
 
     def __init__(self, path: str):
         self.path = path

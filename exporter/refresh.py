@@ -112,13 +112,18 @@ class Refresher:
     def _before_refresh(self) -> None:
         """A hook for shared state (catching up with other replicas)."""
 
+    @property
+    def _due_age(self) -> float:
+        """How long ago a fetch or cycle must have been to be due again."""
+        return due_age(self._config.collector.refresh_interval_seconds)
+
     def _plan(
         self, now: float, wall: float
     ) -> tuple[
         list[tuple[Hashable, Callable[[Batch], None]]], list[concurrent.futures.Future[None]]
     ]:
         """What to start (with the lock held), and what already runs that is wanted."""
-        interval = due_age(self._config.collector.refresh_interval_seconds)
+        interval = self._due_age
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         waiting: list[concurrent.futures.Future[None]] = []
         for state in self._store.snapshot():
@@ -137,7 +142,7 @@ class Refresher:
     def _discovery_work(
         self, wall: float, waiting: list[concurrent.futures.Future[None]]
     ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
-        interval = due_age(self._config.collector.refresh_interval_seconds)
+        interval = self._due_age
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         for workflow in self._config.workflows:
             history = self._book.get(workflow.id)
@@ -164,7 +169,7 @@ class Refresher:
         history = self._book.get(workflow_id)
         if history is None:
             return []
-        interval = due_age(self._config.collector.refresh_interval_seconds)
+        interval = self._due_age
         work: list[tuple[Hashable, Callable[[Batch], None]]] = []
         for run_id in history.due_for_fetch(wall, interval, configured):
             key = (_TRACKED, workflow_id, run_id)
@@ -266,7 +271,7 @@ class Refresher:
             if history is None:
                 batch.release()
                 return
-            interval = due_age(self._config.collector.refresh_interval_seconds)
+            interval = self._due_age
 
             def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
                 return self._fetch_pages(workflow, pages, batch)

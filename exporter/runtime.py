@@ -212,26 +212,11 @@ class Exporter:
         )
 
     def _make_refresher(self, config: Config, client: CopyaiClient) -> Refresher:
+        args = (config, client, self.store, self.health, self.book)
+        clocks = {"clock": self._clock, "wall_clock": self._wall_clock}
         if self.coordinator is not None:
-            return SharedRefresher(
-                config,
-                client,
-                self.store,
-                self.health,
-                self.book,
-                clock=self._clock,
-                wall_clock=self._wall_clock,
-                coordinator=self.coordinator,
-            )
-        return Refresher(
-            config,
-            client,
-            self.store,
-            self.health,
-            self.book,
-            clock=self._clock,
-            wall_clock=self._wall_clock,
-        )
+            return SharedRefresher(*args, **clocks, coordinator=self.coordinator)
+        return Refresher(*args, **clocks)
 
     def _seed_configured_runs(self, config: Config) -> None:
         """Configured runs known from persisted history (finished ones above all) need

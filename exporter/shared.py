@@ -10,7 +10,7 @@ How the work is shared:
   that lost its lease cannot commit (fencing); its successor resumes from the last
   applied id, so nothing is applied twice or lost.
 - **Work spread by leases.** A per-run fetch is done by whichever replica first takes
-  its lease (SET NX PX for one refresh interval); the others skip it. Discovery cycles
+  its lease (SET NX PX until the run is due again); the others skip it. Discovery cycles
   (page-sequential by nature) and the API check run on the leader.
 - **Everyone exports the same values.** Each commit is appended to a changes stream;
   every replica applies it to its own copy of the history (its mirror) at each scrape,
@@ -42,7 +42,7 @@ from exporter.config import RedisConfig
 from exporter.model import Run
 from exporter.persistence import Change, Loaded, StateError
 from exporter.refresh import _TRACKED, Refresher
-from exporter.state import Batch, RunKey, due_age
+from exporter.state import Batch, RunKey
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,7 @@ class RedisStore:
     """The StateStore of a replica: only the leader writes, in fenced transactions."""
 
     name = "redis"
+    persistent = True
 
     def __init__(self, backend: RedisBackend, coordinator: Coordinator):
         self._backend = backend
@@ -676,7 +677,7 @@ class SharedRefresher(Refresher):
             self._shared.sync()
 
     def _plan(self, now: float, wall: float):
-        interval = due_age(self._config.collector.refresh_interval_seconds)
+        interval = self._due_age
         candidates: list[tuple[Any, str, Callable[[Batch], None]]] = []
         waiting: list[Any] = []
         for state in self._store.snapshot():

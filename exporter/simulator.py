@@ -431,6 +431,10 @@ class World:
             runs.reverse()
         elif self.faults.list_order == "shuffled":  # stable across pages, but no order
             runs.sort(key=lambda r: r.run_id)
+        return self.list_page(runs, size, page)
+
+    def list_page(self, runs: list[SimRun], size: int, page: int) -> tuple[int, Any]:
+        """One page of `runs`, already in the order the list endpoint gives."""
         now = self.clock()
         chunk = runs[(page - 1) * size : page * size]
         items = [r.record(now) for r in chunk]

@@ -227,12 +227,13 @@ def test_a_slow_fetch_is_still_due_at_the_scrape_one_interval_later(make, clock)
     responses.add_callback(responses.GET, run_url(RUN_A), callback=slow)
     exporter = make(config([RUN_A], refresh=30, up_check_interval_seconds=0))
     fetched_at = []
+    start = clock()
     for tick in range(9):  # a scrape every 15 s from 0 to 120 s
         calls = len(responses.calls)
         scrape(exporter, clock)
         if len(responses.calls) > calls:
             fetched_at.append(tick * 15)
-        clock.advance(15 - (clock() - 1_000.0 - tick * 15))  # back on the 15 s grid
+        clock.advance(start + (tick + 1) * 15 - clock())  # the next scrape, on the grid
     assert fetched_at == [0, 30, 60, 90, 120]
 
 
