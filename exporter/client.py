@@ -414,6 +414,8 @@ class CopyaiClient:
             raise ApiError(ErrorKind.UNAUTHORIZED, f"the API refused the key ({status})", status)
         body_bytes = self._read_body(response, deadline)
         if 200 <= status < 300:
+            if not body_bytes.strip():
+                return None  # 204, or a 202 with an empty body (DELETE /webhook/{id})
             try:
                 return json.loads(body_bytes)
             except (ValueError, RecursionError):
@@ -523,7 +525,8 @@ def parse_webhook(data: object) -> Webhook:
         raise PayloadError("webhook has no eventType")
     if workflow_id is not None and not isinstance(workflow_id, str):
         raise PayloadError("webhook workflowId is not a string")
-    return Webhook(webhook_id, url, event_type, workflow_id)
+    # a workspace-wide registration is echoed with workflowId null or "": one meaning
+    return Webhook(webhook_id, url, event_type, workflow_id or None)
 
 
 def parse_webhook_page(data: object) -> tuple[int, list[Webhook]]:

@@ -195,8 +195,9 @@ class _WorkflowFamilies:
         )
         self.oldest_active = GaugeMetricFamily(
             "copyai_workflow_oldest_active_run_created_timestamp_seconds",
-            "createdAt of the oldest tracked run that is not finished; absent when none "
-            "is active. time() minus this is how long the most stuck run has been going.",
+            "createdAt of the oldest tracked run that is active (NEW, WAITING, PROCESSING or "
+            "RETRYING; UNKNOWN is not active); absent when none is. time() minus this is how "
+            "long the most stuck run has been going.",
             labels=label,
         )
         self.credit_limit = CounterMetricFamily(

@@ -586,6 +586,14 @@ def _webhooks(
         public_url = v.url(r, "webhooks.register.public_url", "")
         if not public_url:
             v.problem("webhooks.register.public_url", "is required to register webhooks")
+        elif not urlsplit(public_url).path.endswith("/webhook"):
+            # the token is appended as a path segment, and the receiver answers only
+            # /webhook/<token>: any other path registers URLs that are answered 404
+            v.problem(
+                "webhooks.register.public_url",
+                "must end in /webhook (the receiver serves /webhook/<token>; behind a "
+                "proxy that rewrites paths, give its URL that ends in /webhook)",
+            )
         event_types = WEBHOOK_EVENT_TYPES
         types_node = r.get("event_types")
         if types_node is not None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from exporter.config import Config, DiscoveryConfig
-from exporter.model import ALL_STATUSES, RunStatus
+from exporter.model import ALL_STATUSES, MAX_SILENT_BACKOFF, RunStatus, silent_backoff
 from exporter.persistence import Loaded, StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,14 @@ class TrackedRun:
     pinned: bool = False  # listed in the config: never forgotten
     fetch_ok: bool | None = None  # last fetch of a listed run (shared between replicas)
     fetch_error: str | None = None
+    last_fetch: float = 0.0  # wall time of the last fetch of this run alone (0: never)
+    silent_fetches: int = 0  # fetches in a row that brought no usable status or createdAt
+    silent_warned: bool = False  # "answers without a usable status" was logged
 
     @property
     def active(self) -> bool:
-        return self.status is not None and not self.status.terminal
+        """NEW, WAITING, PROCESSING or RETRYING; UNKNOWN is not active."""
+        return self.status is not None and self.status.active
 
     def to_record(self) -> dict[str, Any]:
         # every field is a str, number, bool, None or a status: a flat copy is the whole
@@ -155,9 +159,19 @@ class WorkflowHistory:
         created_at: float | None = None,
         credits: float | None = None,
         pinned: bool = False,
+        reported: bool = True,
+        fetched: bool = False,
     ) -> bool:
         """Apply what one look at a run showed. Returns False if the run is ignored
-        (older than the window, or dropped by the cap before)."""
+        (older than the window, or dropped by the cap before).
+
+        `status` is what the look said (None: nothing, as a webhook without a record);
+        `reported=False` means a record that carried no status at all: it shows the run
+        as UNKNOWN only while no status is known, and never replaces one. A run's end
+        is final: once COMPLETE or FAILED is known, no later status or partial credits
+        change it. `fetched` marks an answer to a fetch of this run (for the slower
+        pace of runs whose answers bring no usable status).
+        """
         with self.lock:
             run = self.runs.get(run_id)
             if run is None:
@@ -179,13 +193,20 @@ class WorkflowHistory:
                 if self.last_created is None or created_at > self.last_created:
                     self.last_created = created_at
                     self.meta_dirty = True
-            if credits is not None:
+            if credits is not None and self._takes_credits(run, status, reported):
                 run.credits = credits
                 if run.credits_pending:
                     run.credits_pending = False
                     self._add_credits(credits)
             if status is not None:
-                self._apply_status(run, status, when)
+                if reported:
+                    self._apply_status(run, status, when)
+                elif run.status is None:
+                    last_seen = run.last_seen
+                    self._apply_status(run, RunStatus.UNKNOWN, when)
+                    run.last_seen = last_seen  # no look at its status: still due for one
+            if fetched:
+                self._note_fetched(run, when, status if reported else None)
             if run.origin is None and run.created_at is not None:
                 self._decide_origin(run)
             if run.duration_pending and run.created_at is not None:
@@ -193,12 +214,42 @@ class WorkflowHistory:
                 self._observe_duration(run)
             return True
 
+    @staticmethod
+    def _takes_credits(run: TrackedRun, status: RunStatus | None, reported: bool) -> bool:
+        """A finished run's credits are final once known; before that, only a record that
+        does not say the run is still going (a lagging answer's credits are partial)."""
+        if run.status is None or not run.status.terminal:
+            return True
+        if run.credits is not None:
+            return False
+        return not reported or status is None or status.terminal
+
+    def _note_fetched(self, run: TrackedRun, when: float, status: RunStatus | None) -> None:
+        run.last_seen = run.last_fetch = when
+        usable = status is not None and status is not RunStatus.UNKNOWN
+        if usable and run.created_at is not None:
+            run.silent_fetches = 0
+            return
+        run.silent_fetches += 1
+        if not usable and not run.silent_warned:
+            run.silent_warned = True
+            log.warning(
+                "run answers without a usable status workflow_id=%s run_id=%s (missing or "
+                "undocumented; shown as UNKNOWN unless a status is known, not counted as "
+                "active, fetched again after up to %d refresh intervals; logged once per run)",
+                self.workflow_id,
+                run.run_id,
+                MAX_SILENT_BACKOFF,
+            )
+
     def _too_old(self, created_at: float, now: float) -> bool:
         window_start = now - self.discovery_config.window_seconds
         return created_at < window_start or created_at <= self.forget_horizon
 
     def _apply_status(self, run: TrackedRun, status: RunStatus, when: float) -> None:
         previous = run.status
+        if previous is not None and previous.terminal:
+            return  # an end is final: late, repeated or stale looks change nothing
         if previous is not None:
             self._status_counts[previous] -= 1
         self._status_counts[status] += 1
@@ -206,11 +257,11 @@ class WorkflowHistory:
         run.last_seen = when
         if run.first_status is None:
             run.first_status = status
-        if status.terminal:
-            self._active.discard(run.run_id)
-        else:
+        if status.active:
             self._active.add(run.run_id)
             run.seen_active = True
+        else:
+            self._active.discard(run.run_id)
         if status is RunStatus.RETRYING and previous is not status:
             if previous is not None or run.origin == WATCHED:
                 self._count("retried")  # seen entering RETRYING, or created so while watched
@@ -360,18 +411,22 @@ class WorkflowHistory:
         """Runs whose state only a per-run fetch can bring: active ones not seen for an
         interval, and runs whose createdAt or status is still unknown."""
         with self.lock:
+            runs = self.runs
             due = [
                 run_id
                 for run_id in self._active
-                if run_id not in exclude and now - self.runs[run_id].last_seen >= interval
+                if run_id not in exclude
+                and now - runs[run_id].last_seen
+                >= interval * silent_backoff(runs[run_id].silent_fetches)
             ]
             due.extend(
                 run.run_id
-                for run in self.runs.values()
-                if (run.created_at is None or run.status is None)
+                for run in runs.values()
+                if (run.created_at is None or run.status is None or run.status is RunStatus.UNKNOWN)
                 and run.run_id not in exclude
                 and not run.active
-                and now - run.last_seen >= interval  # 0 until a first fetch: due at once
+                # never fetched (known from a delivery or a listing without it): at once
+                and now - run.last_fetch >= interval * silent_backoff(run.silent_fetches)
             )
             return due
 
@@ -380,7 +435,7 @@ class WorkflowHistory:
         with self.lock:
             run = self.runs.get(run_id)
             if run is not None:
-                run.last_seen = when
+                run.last_seen = run.last_fetch = when
 
     def drop(self, run_id: str) -> None:
         with self.lock:

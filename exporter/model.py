@@ -30,6 +30,12 @@ class RunStatus(enum.StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
+    @property
+    def active(self) -> bool:
+        """Queued or running. UNKNOWN is neither active nor terminal: a run whose status
+        was never reported (or is undocumented) feeds no active count or stuck-run alert."""
+        return self in ACTIVE_STATUSES
+
     @classmethod
     def parse(cls, value: object) -> RunStatus:
         if isinstance(value, str):
@@ -42,7 +48,22 @@ class RunStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETE, RunStatus.FAILED})
+ACTIVE_STATUSES = frozenset(
+    {RunStatus.NEW, RunStatus.WAITING, RunStatus.PROCESSING, RunStatus.RETRYING}
+)
 ALL_STATUSES: tuple[RunStatus, ...] = tuple(RunStatus)
+
+# A run whose answers carry no usable status is fetched again after 1, 2, 4, 8, then at
+# most this many refresh intervals (it cannot be told apart from a stuck run, and each
+# look costs an API call).
+MAX_SILENT_BACKOFF = 10
+
+
+def silent_backoff(silent_fetches: int) -> float:
+    """Refresh intervals to wait before fetching again a run whose last `silent_fetches`
+    answers in a row carried no usable status (missing or undocumented)."""
+    return float(min(MAX_SILENT_BACKOFF, 2 ** max(0, silent_fetches - 1)))
+
 
 # An ID goes into a URL path and a label value, so it must be a plain token.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -66,17 +87,39 @@ class Run:
     def terminal(self) -> bool:
         return self.status.terminal
 
+    @property
+    def reported(self) -> bool:
+        """False for a record that carried no status at all: it says nothing about the
+        run's status (an undocumented status string is reported, as UNKNOWN)."""
+        return self.raw_status is not None or self.status is not RunStatus.UNKNOWN
+
 
 def merge_runs(old: Run | None, new: Run) -> Run:
-    """`new` over `old`, keeping old values for what `new` does not report (a list item
-    without status, a webhook without createdAt)."""
+    """What is known of a run after `new` arrived, given `old`.
+
+    - A run's end is final: once `old` is COMPLETE or FAILED, no later record moves it
+      (a late or repeated delivery, an API answer lagging behind its own webhook, a
+      record without status); the first end known wins.
+    - A record without status never replaces a known status.
+    - Fields `new` lacks keep their old values (a webhook without createdAt). A finished
+      run's credits are final too: a lagging record's partial credits never replace or
+      fill them.
+    """
     if old is None:
         return new
-    reported = new.raw_status is not None or new.status is not RunStatus.UNKNOWN
+    created_at = new.created_at if new.created_at is not None else old.created_at
+    if old.terminal:
+        credits = old.credits
+        if credits is None and (new.terminal or not new.reported):
+            credits = new.credits
+        if created_at == old.created_at and credits == old.credits:
+            return old  # unchanged: the same object (the renderer's cache keys on it)
+        return Run(old.run_id, old.status, created_at, credits, old.raw_status)
+    reported = new.reported
     return Run(
         run_id=new.run_id,
         status=new.status if reported else old.status,
-        created_at=new.created_at if new.created_at is not None else old.created_at,
+        created_at=created_at,
         credits=new.credits if new.credits is not None else old.credits,
         raw_status=new.raw_status if reported else old.raw_status,
     )
@@ -139,13 +182,14 @@ def parse_run(record: object, expected_run_id: str | None = None) -> Run:
     if expected_run_id is not None and run_id != expected_run_id:
         raise PayloadError("run record is for another run id")
     raw_status = record.get("status")
-    status = RunStatus.parse(raw_status)
+    if not isinstance(raw_status, str) or not raw_status.strip():
+        raw_status = None  # missing, null, empty or not a string: no status reported
     return Run(
         run_id=run_id,
-        status=status,
+        status=RunStatus.parse(raw_status),
         created_at=parse_timestamp(record.get("createdAt")),
         credits=parse_credits(record.get("credits")),
-        raw_status=raw_status if isinstance(raw_status, str) else None,
+        raw_status=raw_status,
     )
 
 

@@ -32,6 +32,11 @@ MAX_COORDINATORS = 4
 GROUP_LENGTH = 16  # runs one queued fetch task handles, at most, per wave
 # in-flight keys: configured runs are (workflow_id, run_id); these objects cannot be ids
 _DISCOVER, _TRACKED = object(), object()
+# what a task returns: the error of its request (None: answered), or RELEASE for a task
+# that made no request of its own (a discovery coordinator; its page fetches record theirs)
+RELEASE = object()
+Task = Callable[[Batch], object]
+MAX_FAULTS_LOGGED = 10_000  # (piece of work, message) pairs remembered for log-once
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Refresher:
         self._probe_started_at = -math.inf
         self._cycle_attempted: dict[str, float] = {}  # so a failing listing is not hammered
         self._discovery_errors: dict[str, str | None] = {}
+        self._faults_logged: set[tuple[Hashable, str, str]] = set()
         self._closed = False
 
     # --- the scrape's entry point ----------------------------------------------------
@@ -119,12 +125,10 @@ class Refresher:
 
     def _plan(
         self, now: float, wall: float
-    ) -> tuple[
-        list[tuple[Hashable, Callable[[Batch], None]]], list[concurrent.futures.Future[None]]
-    ]:
+    ) -> tuple[list[tuple[Hashable, Task]], list[concurrent.futures.Future[None]]]:
         """What to start (with the lock held), and what already runs that is wanted."""
         interval = self._due_age
-        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        work: list[tuple[Hashable, Task]] = []
         waiting: list[concurrent.futures.Future[None]] = []
         for state in self._store.snapshot():
             if state.key in self._in_flight:
@@ -141,9 +145,9 @@ class Refresher:
 
     def _discovery_work(
         self, wall: float, waiting: list[concurrent.futures.Future[None]]
-    ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
+    ) -> list[tuple[Hashable, Task]]:
         interval = self._due_age
-        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        work: list[tuple[Hashable, Task]] = []
         for workflow in self._config.workflows:
             history = self._book.get(workflow.id)
             if history is None or not workflow.discover:
@@ -163,39 +167,95 @@ class Refresher:
 
     def _tracked_work(
         self, workflow_id: str, configured: set[str], wall: float
-    ) -> list[tuple[Hashable, Callable[[Batch], None]]]:
+    ) -> list[tuple[Hashable, Task]]:
         """Runs of a workflow without discovery that webhooks told us about: fetched for
         their createdAt and status (configured runs have fetches of their own)."""
         history = self._book.get(workflow_id)
         if history is None:
             return []
         interval = self._due_age
-        work: list[tuple[Hashable, Callable[[Batch], None]]] = []
+        work: list[tuple[Hashable, Task]] = []
         for run_id in history.due_for_fetch(wall, interval, configured):
             key = (_TRACKED, workflow_id, run_id)
             if key not in self._in_flight:
                 work.append((key, self._fetch_tracked_task(workflow_id, run_id)))
         return work
 
-    def _run(
-        self, key: Hashable, task: Callable[[Batch], None], batch: Batch, flush: bool = True
-    ) -> None:
+    def _run(self, key: Hashable, task: Task, batch: Batch) -> None:
         try:
-            task(batch)
+            self._guarded(key, task, batch)
         finally:
             with self._lock:
                 self._in_flight.pop(key, None)
-            if flush:
-                self._book.flush()
+            self._flush()
 
-    def _run_group(
-        self, group: list[tuple[Hashable, Callable[[Batch], None]]], batch: Batch
-    ) -> None:
+    def _run_group(self, group: list[tuple[Hashable, Task]], batch: Batch) -> None:
+        done = 0
         try:
             for key, task in group:
-                self._run(key, task, batch, flush=False)
+                try:
+                    self._guarded(key, task, batch)
+                finally:
+                    with self._lock:
+                        self._in_flight.pop(key, None)
+                done += 1
         finally:
+            with self._lock:  # only after a BaseException: nothing may stay in flight
+                for key, _task in group[done + 1 :]:
+                    self._in_flight.pop(key, None)
+            self._flush()
+
+    def _guarded(self, key: Hashable, task: Task, batch: Batch) -> None:
+        """Run one piece of work and record its outcome in the batch. An exception
+        anywhere in it (a bug, or an answer the parsers let through that breaks a later
+        step) costs this piece of work only: it is logged once per run and message,
+        recorded for the run as bad_response, and the rest of the group runs on."""
+        try:
+            outcome = task(batch)
+        except Exception as exc:
+            outcome = self._task_failed(key, exc)
+        if outcome is RELEASE:
+            batch.release()
+        else:
+            batch.record(outcome)  # type: ignore[arg-type]
+
+    def _task_failed(self, key: Hashable, exc: Exception) -> ApiError:
+        error = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
+        signature = (key, type(exc).__name__, str(exc)[:200])
+        with self._lock:
+            first = signature not in self._faults_logged
+            if first:
+                if len(self._faults_logged) >= MAX_FAULTS_LOGGED:
+                    self._faults_logged.clear()
+                self._faults_logged.add(signature)
+        if first:
+            log.error(
+                "internal error while refreshing %s; recorded as bad_response for it, the "
+                "rest of the refresh goes on (logged once per run and message)",
+                _describe(key),
+                exc_info=exc,
+            )
+        try:
+            self._report_failure(key, error)
+        except Exception:
+            log.exception("cannot record the failure of %s", _describe(key))
+        return error
+
+    def _report_failure(self, key: Hashable, error: ApiError) -> None:
+        """What a failed piece of work leaves behind: a configured run shows the failure
+        in its fetch_success; a tracked run waits an interval before the next try."""
+        if _is_run_key(key):
+            self._store.record_failure(key, error, self._clock())  # type: ignore[arg-type]
+        elif isinstance(key, tuple) and key[:1] == (_TRACKED,):
+            history = self._book.get(key[1])
+            if history is not None:
+                history.touch(key[2], self._wall_clock())
+
+    def _flush(self) -> None:
+        try:
             self._book.flush()
+        except Exception:  # a bug in writing state must not end the fetch thread's work
+            log.exception("unexpected error writing state")
 
     # --- observations: every look at a run goes through here -------------------------
 
@@ -207,14 +267,15 @@ class Refresher:
         configured = self._store.get(key) is not None
         tracked = True
         if history is not None:
-            status_reported = run.raw_status is not None or not listed
             tracked = history.observe(
                 run.run_id,
                 when=self._wall_clock(),
-                status=run.status if status_reported else None,
+                status=run.status,
+                reported=run.reported,  # a record without status says nothing of it
                 created_at=run.created_at,
                 credits=run.credits,
                 pinned=configured,
+                fetched=not listed,
             )
         if configured and listed:
             self._store.record_observation(key, run, self._clock(), listed=True)
@@ -222,28 +283,23 @@ class Refresher:
 
     # --- tasks -----------------------------------------------------------------------
 
-    def _fetch_configured_task(self, key: RunKey) -> Callable[[Batch], None]:
-        def task(batch: Batch) -> None:
-            error: ApiError | None = None
+    def _fetch_configured_task(self, key: RunKey) -> Task:
+        def task(batch: Batch) -> ApiError | None:
             try:
                 run = self._client.get_run(*key)
             except ApiError as exc:
                 error = exc.with_traceback(None)  # kept past the block: drop its frames
-                self._store.record_failure(key, exc, self._clock())
-            except Exception as exc:  # a bug must cost one run's freshness, not the exporter
-                log.exception("unexpected error fetching workflow_id=%s run_id=%s", *key)
-                error = ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
                 self._store.record_failure(key, error, self._clock())
-            else:
-                self._store.record_success(key, run, self._clock())
-                self._observe(key[0], run, listed=False)
-            batch.record(error)
+                return error
+            self._store.record_success(key, run, self._clock())
+            self._observe(key[0], run, listed=False)
+            return None
 
         return task
 
-    def _fetch_tracked_task(self, workflow_id: str, run_id: str) -> Callable[[Batch], None]:
-        def task(batch: Batch) -> None:
-            batch.record(self._fetch_tracked(workflow_id, run_id))
+    def _fetch_tracked_task(self, workflow_id: str, run_id: str) -> Task:
+        def task(batch: Batch) -> ApiError | None:
+            return self._fetch_tracked(workflow_id, run_id)
 
         return task
 
@@ -259,49 +315,47 @@ class Refresher:
                 else:
                     history.touch(run_id, self._wall_clock())
             return exc
-        except Exception as exc:
-            log.exception("unexpected error fetching workflow_id=%s run_id=%s", workflow_id, run_id)
-            return ApiError(ErrorKind.BAD_RESPONSE, f"internal error: {type(exc).__name__}")
         self._observe(workflow_id, run, listed=False)
         return None
 
-    def _discovery_task(self, workflow: WorkflowConfig) -> Callable[[Batch], None]:
-        def task(batch: Batch) -> None:
+    def _discovery_task(self, workflow: WorkflowConfig) -> Task:
+        def task(batch: Batch) -> object:
             history = self._book.get(workflow.id)
             if history is None:
-                batch.release()
-                return
+                return RELEASE
             interval = self._due_age
 
             def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
                 return self._fetch_pages(workflow, pages, batch)
 
-            try:
-                cycle = DiscoveryCycle(
-                    workflow,
-                    history,
-                    fetch_pages=fetch_pages,
-                    observe=lambda run: self._observe(workflow.id, run, listed=True),
-                    now=self._wall_clock(),
-                    parallel=self._config.api.max_concurrency,
-                )
-                result = cycle.run()
-                self._note_discovery(workflow.id, result.error)
-                history.forget(self._wall_clock())
-                # what listing did not refresh: active runs deep in history, runs
-                # without createdAt; configured runs have their own fetches
-                exclude = result.seen | set(workflow.runs)
-                due = history.due_for_fetch(self._wall_clock(), interval, exclude)
-                if due:
-                    batch.add(len(due))
-                    futures = [
-                        self._pool.submit(self._fetch_tracked_task(workflow.id, run_id), batch)
-                        for run_id in due
-                    ]
-                    concurrent.futures.wait(futures)
-            except Exception:
-                log.exception("unexpected error in discovery workflow_id=%s", workflow.id)
-            batch.release()  # the coordinator's own slot; its requests recorded theirs
+            cycle = DiscoveryCycle(
+                workflow,
+                history,
+                fetch_pages=fetch_pages,
+                observe=lambda run: self._observe(workflow.id, run, listed=True),
+                now=self._wall_clock(),
+                parallel=self._config.api.max_concurrency,
+            )
+            result = cycle.run()
+            self._note_discovery(workflow.id, result.error)
+            history.forget(self._wall_clock())
+            # what listing did not refresh: active runs deep in history, runs without
+            # createdAt or status; configured runs have their own fetches
+            exclude = result.seen | set(workflow.runs)
+            due = history.due_for_fetch(self._wall_clock(), interval, exclude)
+            if due:
+                batch.add(len(due))
+                futures = [
+                    self._pool.submit(
+                        self._guarded,
+                        (_TRACKED, workflow.id, run_id),
+                        self._fetch_tracked_task(workflow.id, run_id),
+                        batch,
+                    )
+                    for run_id in due
+                ]
+                concurrent.futures.wait(futures)
+            return RELEASE  # the coordinator's own slot; its requests recorded theirs
 
         return task
 
@@ -385,6 +439,20 @@ class Refresher:
         # coordinators first: a running discovery cycle still needs the fetch pool
         self._coordinators.shutdown(wait=wait, cancel_futures=True)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _is_run_key(key: Hashable) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)
+
+
+def _describe(key: Hashable) -> str:
+    if _is_run_key(key):
+        return "workflow_id={} run_id={}".format(*key)  # type: ignore[misc]
+    if isinstance(key, tuple) and key[:1] == (_TRACKED,):
+        return f"workflow_id={key[1]} run_id={key[2]}"
+    if isinstance(key, tuple) and key[:1] == (_DISCOVER,):
+        return f"discovery of workflow_id={key[1]}"
+    return "a piece of work"
 
 
 def _groups(items: list[Any], workers: int) -> list[list[Any]]:

@@ -64,7 +64,9 @@ class Exporter:
         rng: random.Random | None = None,
         process_metrics: bool = True,
         state_store: StateStore | None = None,
+        run_store: RunStore | None = None,
     ):
+        """`state_store` and `run_store` replace the ones the config implies (tests)."""
         self._session_factory = session_factory
         self._clock = clock
         self._wall_clock = wall_clock
@@ -76,7 +78,8 @@ class Exporter:
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
-        self.store = RunStore(config.run_keys())
+        self.store = run_store if run_store is not None else RunStore()
+        self.store.sync(config.run_keys())
         self._writer_lock = threading.RLock()  # one writer of history at a time
         self.coordinator: Coordinator | None = None
         self._backend: RedisBackend | None = None
@@ -145,6 +148,9 @@ class Exporter:
                 run_id,
                 when=when,
                 status=RunStatus.parse(status) if status is not None else None,
+                # observations from replicas of an older version lack these two
+                reported=bool(observation.get("reported", True)),
+                fetched=bool(observation.get("fetched", False)),
                 created_at=observation.get("created_at"),
                 credits=observation.get("credits"),
                 pinned=pinned,

@@ -41,7 +41,7 @@ from exporter.client import ApiError, ErrorKind
 from exporter.config import RedisConfig
 from exporter.model import Run
 from exporter.persistence import Change, Loaded, StateError
-from exporter.refresh import _TRACKED, Refresher
+from exporter.refresh import _TRACKED, Refresher, Task, _is_run_key
 from exporter.state import Batch, RunKey
 
 log = logging.getLogger(__name__)
@@ -678,7 +678,7 @@ class SharedRefresher(Refresher):
 
     def _plan(self, now: float, wall: float):
         interval = self._due_age
-        candidates: list[tuple[Any, str, Callable[[Batch], None]]] = []
+        candidates: list[tuple[Any, str, Task]] = []
         waiting: list[Any] = []
         for state in self._store.snapshot():
             if state.key in self._in_flight:
@@ -724,30 +724,37 @@ class SharedRefresher(Refresher):
         except StateError:
             log.debug("observation dropped: Redis unavailable")
 
-    def _fetch_configured_task(self, key: RunKey) -> Callable[[Batch], None]:
-        def task(batch: Batch) -> None:
-            error: ApiError | None = None
+    def _fetch_configured_task(self, key: RunKey) -> Task:
+        def task(batch: Batch) -> ApiError | None:
             when = self._wall_clock()
             try:
                 run = self._client.get_run(*key)
             except ApiError as exc:
                 error = exc.with_traceback(None)
-                self._store.record_failure(key, error, self._clock())  # logs once per change
-                self._submit(
-                    {
-                        "t": "fetch_failed",
-                        "wf": key[0],
-                        "run_id": key[1],
-                        "error": error.signature,
-                        "when": when,
-                    }
-                )
-            else:
-                self._store.record_success(key, run, self._clock())
-                self._submit(run_observation(key[0], run, when, pinned=True))
-            batch.record(error)
+                self._report_failure(key, error)
+                return error
+            self._store.record_success(key, run, self._clock())
+            self._submit(run_observation(key[0], run, when, pinned=True))
+            return None
 
         return task
+
+    def _report_failure(self, key: Any, error: ApiError) -> None:
+        super()._report_failure(key, error)  # logs once per change for a configured run
+        if _is_run_key(key):
+            observation = {
+                "t": "fetch_failed",
+                "wf": key[0],
+                "run_id": key[1],
+                "error": error.signature,
+                "when": self._wall_clock(),
+            }
+        elif isinstance(key, tuple) and key[:1] == (_TRACKED,):
+            observation = {"t": "touch", "wf": key[1], "run_id": key[2]}
+            observation["when"] = self._wall_clock()
+        else:
+            return
+        self._submit(observation)
 
     def _fetch_tracked(self, workflow_id: str, run_id: str) -> ApiError | None:
         when = self._wall_clock()
@@ -763,13 +770,15 @@ class SharedRefresher(Refresher):
 
 
 def run_observation(workflow_id: str, run: Run, when: float, *, pinned: bool) -> dict[str, Any]:
-    """A run as one get_run showed it (a missing status is UNKNOWN there); for a listed
-    run it also says that its fetch succeeded."""
+    """A run as one get_run showed it (`reported` false: the record had no status); for
+    a listed run it also says that its fetch succeeded."""
     return {
         "t": "run",
         "wf": workflow_id,
         "run_id": run.run_id,
         "status": run.status.value,
+        "reported": run.reported,
+        "fetched": True,
         "raw_status": run.raw_status,
         "created_at": run.created_at,
         "credits": run.credits,

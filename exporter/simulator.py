@@ -15,6 +15,9 @@ Control endpoints (no API key needed; bind to loopback):
   GET  /_sim/faults         POST /_sim/faults  {"latency_seconds": 0.05, "error_rate": 0.5, ...}
                             {"mode": "hang"}, {"mode": "flap", "flap_statuses": [500, 503]}
   POST /_sim/runs           {"workflow_id": ..., "steps": [["PROCESSING", 5], ["COMPLETE", null]]}
+  POST /_sim/canned         {"method": "GET", "path": "/workflow/W/run/R", "status": 200,
+                             "body": {...}} (or "text" and "content_type"): answer that
+                            request with exactly this; DELETE /_sim/canned forgets them all
   GET  /_sim/config         an exporter config (YAML) watching every simulated run
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import itertools
 import json
 import logging
@@ -151,7 +155,9 @@ class SimRun:
         elapsed = min(now - self.created_at, total)
         return max(0, math.floor(self.credits * elapsed / total))
 
-    def record(self, now: float) -> dict[str, Any]:
+    def record(self, now: float, extras: bool = False) -> dict[str, Any]:
+        """The run as the API shows it at `now`; `extras` adds the fields some answers
+        carry besides the basic ones (workflowRunId, workflowId, toolKey, error)."""
         created = datetime.fromtimestamp(self.created_at, tz=UTC)
         if self.millis:
             stamp = created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
@@ -171,6 +177,11 @@ class SimRun:
             record["credits"] = str(credits_used) if self.credits_as_string else credits_used
         if self.terminal_at(now):
             record["output"] = {"Output 1": "simulated output"}
+        if extras:
+            record["workflowRunId"] = self.run_id
+            record["workflowId"] = self.workflow_id
+            record["toolKey"] = "simulated-tool"
+            record["error"] = "step failed" if self.status_at(now) == "FAILED" else None
         return record
 
 
@@ -195,6 +206,16 @@ class Faults:
     mode: str = ""  # one of FAULT_MODES
     redirect_to: str = ""  # mode "redirect": the Location answered; "{path}" = the request's
     flap_statuses: list[int] = field(default_factory=lambda: [500, 502, 503])  # mode "flap"
+    # documented shapes and delivery habits of the real API (scenario switches)
+    api_lag_seconds: float = 0.0  # GET and list show runs as they were this long ago
+    omit_status: bool = False  # GET and list records carry no status at all
+    record_extras: bool = False  # records carry workflowRunId, workflowId, toolKey, error
+    list_total_extra: int = 0  # list `total` above the runs it really has
+    webhook_empty_workflow_id: bool = False  # workspace-wide: workflowId "" (not null)
+    webhook_delete_empty: bool = False  # DELETE /webhook/{id}: 202 with no body ({} else)
+    webhook_delay_seconds: float = 0.0  # deliveries leave this late
+    webhook_duplicate: bool = False  # every delivery is made twice
+    webhook_reorder: bool = False  # a run's `started` is delivered after its end
 
     def __post_init__(self) -> None:
         self._flap_turns = itertools.count()  # not a field: not settable, not listed
@@ -249,6 +270,8 @@ class World:
         self.webhooks: dict[str, dict[str, Any]] = {}  # id -> registration
         self._pending: dict[str, SimRun] = {}  # runs whose end is not yet announced
         self._outbox: list[tuple[str, SimRun | None, str | None]] = []  # (type, run, wf)
+        self._held_started: dict[str, dict[str, Any]] = {}  # webhook_reorder: run id -> payload
+        self.canned: dict[tuple[str, str], tuple[int, bytes, str]] = {}  # (method, path)
         self._spawn_due: dict[str, float] = {}
         self._bucket_time = 0.0
         self._bucket_tokens = 0.0
@@ -341,15 +364,28 @@ class World:
                 self._outbox.append((event, run, run.workflow_id))
             outbox, self._outbox = self._outbox, []
             hooks = list(self.webhooks.values())
+        faults = self.faults
         deliveries = []
         for event_type, run, workflow_id in outbox:
-            payload = _webhook_payload(event_type, run, workflow_id, now)
-            for hook in hooks:
-                if hook["eventType"] != event_type:
+            payloads = [_webhook_payload(event_type, run, workflow_id, now)]
+            if faults.webhook_reorder and run is not None:
+                if event_type == "workflowRun.started":
+                    self._held_started[run.run_id] = payloads[0]  # sent after the end
                     continue
-                if hook.get("workflowId") not in (None, workflow_id):
-                    continue
-                deliveries.append((hook, payload))
+                held = self._held_started.pop(run.run_id, None)
+                if held is not None:
+                    payloads.append(held)
+            for payload in payloads:
+                for hook in hooks:
+                    if hook["eventType"] != payload["type"]:
+                        continue
+                    if hook.get("workflowId") not in (None, "", workflow_id):
+                        continue
+                    sent = payload
+                    if not hook.get("workflowId") and faults.webhook_empty_workflow_id:
+                        # a workspace-wide hook that echoes "" sends it in deliveries too
+                        sent = {**payload, "workflowId": ""}
+                    deliveries.append((hook, sent))
         return deliveries
 
     def truth(self, since: float) -> dict[str, dict[str, float]]:
@@ -420,7 +456,15 @@ class World:
             run = self.runs.get(workflow_id, {}).get(run_id)
         if run is None or run_id in self.faults.not_found:
             return 404, {"status": "error", "errorCode": "NOT_FOUND"}
-        return 200, {"status": "success", "data": run.record(self.clock())}
+        return 200, {"status": "success", "data": self._api_record(run)}
+
+    def _api_record(self, run: SimRun) -> dict[str, Any]:
+        """A run as GET and list answers show it, with the shape switches applied."""
+        faults = self.faults
+        record = run.record(self.clock() - faults.api_lag_seconds, extras=faults.record_extras)
+        if faults.omit_status:
+            record.pop("status", None)
+        return record
 
     def list_runs(self, workflow_id: str, size: int, page: int) -> tuple[int, Any]:
         with self.lock:
@@ -435,9 +479,8 @@ class World:
 
     def list_page(self, runs: list[SimRun], size: int, page: int) -> tuple[int, Any]:
         """One page of `runs`, already in the order the list endpoint gives."""
-        now = self.clock()
         chunk = runs[(page - 1) * size : page * size]
-        items = [r.record(now) for r in chunk]
+        items = [self._api_record(r) for r in chunk]
         for item in items[1::2]:  # the docs' list items sometimes lack these
             item.pop("input", None)
             item.pop("output", None)
@@ -445,8 +488,14 @@ class World:
         if every > 0:
             for item in items[every - 1 :: every]:
                 item.pop("status", None)
-        total: int | str = len(runs) if page % 2 else str(len(runs))
+        count = len(runs) + self.faults.list_total_extra
+        total: int | str = count if page % 2 else str(count)
         return 200, {"status": "success", "data": {"total": total, "data": items}}
+
+
+def _request_invalid(detail: str) -> dict[str, Any]:
+    """The documented validation error (422)."""
+    return {"status": "error", "errorCode": "REQUEST_INVALID", "details": [{"message": detail}]}
 
 
 def _webhook_payload(
@@ -634,6 +683,10 @@ class _Handler(BaseHTTPRequestHandler):
         faults = world.faults
         if faults.latency_seconds > 0:
             time.sleep(faults.latency_seconds)
+        canned = world.canned.get((method, path))
+        if canned is not None:  # a body set through /_sim/canned, served as it is
+            self._send(canned[0], canned[1], canned[2])
+            return
         if faults.drop_connections:
             self.close_connection = True
             self.connection.close()
@@ -667,7 +720,7 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 size = page = 0
             if not 1 <= size <= 100 or page < 1:
-                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                self._json(422, _request_invalid("size must be 1-100 and page at least 1"))
                 return
             self._json(*world.list_runs(list_match.group(1), size, page))
         elif method == "POST" and list_match:
@@ -773,16 +826,19 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and hook_id is None:
             body = self._read_body()
             if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                self._json(422, _request_invalid("url is required"))
                 return
             if body.get("eventType") not in WEBHOOK_EVENTS:
-                self._json(422, {"status": "error", "errorCode": "VALIDATION_ERROR"})
+                self._json(422, _request_invalid("eventType is not a known event type"))
                 return
+            workflow_id = body.get("workflowId")
+            if workflow_id is None and world.faults.webhook_empty_workflow_id:
+                workflow_id = ""  # one rendering of the docs echoes a workspace-wide hook so
             hook = {
                 "id": world.new_id("WHK"),
                 "url": body["url"],
                 "eventType": body["eventType"],
-                "workflowId": body.get("workflowId"),
+                "workflowId": workflow_id,
             }
             with world.lock:
                 world.webhooks[hook["id"]] = hook
@@ -801,6 +857,9 @@ class _Handler(BaseHTTPRequestHandler):
                     del world.webhooks[hook_id]
             if hook is None:
                 self._json(404, {"status": "error", "errorCode": "NOT_FOUND"})
+            elif method == "DELETE":  # documented: 202 with {}; some answer with no body
+                empty = world.faults.webhook_delete_empty
+                self._send(202, b"" if empty else b"{}", "application/json")
             else:
                 self._json(200, {"status": "success", "data": hook})
         else:
@@ -838,6 +897,23 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "GET" and path == "/_sim/truth":
                 since = float(parse_qs(urlsplit(self.path).query).get("since", ["0"])[0])
                 self._json(200, world.truth(since))
+            elif path == "/_sim/canned" and method == "POST":
+                spec = self._read_body()
+                body = spec.get("body")
+                payload = spec["text"].encode() if "text" in spec else json.dumps(body).encode()
+                content_type = spec.get("content_type", "application/json")
+                api_path = "/" + str(spec["path"]).strip("/")
+                with world.lock:
+                    world.canned[(spec.get("method", "GET"), api_path)] = (
+                        int(spec.get("status", 200)),
+                        payload,
+                        content_type,
+                    )
+                self._json(200, {"ok": True})
+            elif path == "/_sim/canned" and method == "DELETE":
+                with world.lock:
+                    world.canned.clear()
+                self._json(200, {"ok": True})
             elif method == "POST" and path == "/_sim/credit-limit":
                 body = self._read_body()
                 world.credit_limit_reached(body.get("workflow_id") if body else None)
@@ -954,8 +1030,18 @@ class RunningSimulator:
         return self.server.base_url
 
     def _tick_loop(self) -> None:
+        scheduled: list[tuple[float, int, dict[str, Any], dict[str, Any]]] = []
+        order = itertools.count()
         while not self._stop.wait(TICK_SECONDS):
+            faults = self.world.faults
+            now = time.monotonic()
             for hook, payload in self.world.tick():
+                copies = 2 if faults.webhook_duplicate else 1
+                for _ in range(copies):
+                    due = now + faults.webhook_delay_seconds
+                    heapq.heappush(scheduled, (due, next(order), hook, payload))
+            while scheduled and scheduled[0][0] <= now:
+                _due, _seq, hook, payload = heapq.heappop(scheduled)
                 self._deliver(hook, payload)
 
     def _deliver(self, hook: dict[str, Any], payload: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from exporter.client import ApiError, ErrorKind
-from exporter.model import Run, RunStatus, merge_runs
+from exporter.model import Run, RunStatus, merge_runs, silent_backoff
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,20 @@ class RunState:
     fetch_ok: bool | None = None  # None: no fetch has finished yet
     attempted_at: float | None = None  # monotonic time the last fetch finished
     error: str | None = None  # signature of the last error, for log-once-per-change
+    silent_fetches: int = 0  # answers in a row without a usable status
 
     @property
     def key(self) -> RunKey:
         return (self.workflow_id, self.run_id)
 
     def refresh_due(self, now: float, interval: float) -> bool:
-        """A terminal run never changes again; anything else is due once per interval."""
+        """A terminal run never changes again; anything else is due once per interval,
+        or less often while its answers carry no usable status (see silent_backoff)."""
         if self.run is not None and self.run.terminal:
             return False
-        return self.attempted_at is None or now - self.attempted_at >= interval
+        if self.attempted_at is None:
+            return True
+        return now - self.attempted_at >= interval * silent_backoff(self.silent_fetches)
 
 
 class RunStore:
@@ -78,12 +82,21 @@ class RunStore:
         return len(self._states)
 
     def record_success(self, key: RunKey, run: Run, now: float) -> None:
+        """A fetched record, merged into what is known (model.merge_runs: an end is
+        final, a record without status keeps the known status). The workflow history
+        logs, once per run, a run whose answers carry no usable status."""
+        silent = run.status is RunStatus.UNKNOWN
         with self._lock:
             previous = self._states.get(key)
             if previous is None:  # dropped by a reload while the fetch was running
                 return
             self._states[key] = replace(
-                previous, run=run, fetch_ok=True, attempted_at=now, error=None
+                previous,
+                run=merge_runs(previous.run, run),
+                fetch_ok=True,
+                attempted_at=now,
+                error=None,
+                silent_fetches=previous.silent_fetches + 1 if silent else 0,
             )
         if previous.error is not None:
             log.info(
@@ -91,15 +104,6 @@ class RunStore:
                 key[0],
                 key[1],
                 run.status.value,
-            )
-        if run.status is RunStatus.UNKNOWN and (
-            previous.run is None or previous.run.raw_status != run.raw_status
-        ):
-            log.warning(
-                "run has an undocumented or missing status workflow_id=%s run_id=%s status=%r",
-                key[0],
-                key[1],
-                (run.raw_status or "")[:64],
             )
 
     def record_observation(
@@ -113,12 +117,20 @@ class RunStore:
             if previous is None:
                 return
             merged = merge_runs(previous.run, run)
+            silent = previous.silent_fetches if run.status is RunStatus.UNKNOWN else 0
             if listed:
                 self._states[key] = replace(
-                    previous, run=merged, fetch_ok=True, attempted_at=now, error=None
+                    previous,
+                    run=merged,
+                    fetch_ok=True,
+                    attempted_at=now,
+                    error=None,
+                    silent_fetches=silent,
                 )
             else:
-                self._states[key] = replace(previous, run=merged, attempted_at=now)
+                self._states[key] = replace(
+                    previous, run=merged, attempted_at=now, silent_fetches=silent
+                )
 
     def mirror(
         self, key: RunKey, run: Run | None, fetch_ok: bool | None, error: str | None
@@ -129,7 +141,7 @@ class RunStore:
             if previous is not None:
                 self._states[key] = replace(
                     previous,
-                    run=run if run is not None else previous.run,
+                    run=merge_runs(previous.run, run) if run is not None else previous.run,
                     fetch_ok=fetch_ok,
                     error=error,
                 )

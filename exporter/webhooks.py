@@ -67,7 +67,9 @@ def parse_event(body: bytes) -> WebhookEvent:
         raise WebhookError("bad_payload", "no event type")
     if event_type not in WEBHOOK_EVENT_TYPES:
         raise WebhookError("unknown_event", "unknown event type")
-    workflow_id = _token(payload.get("workflowId"), "workflowId")
+    # "" as null: a workspace-wide registration may echo it so (the receiver looks the
+    # run's workflow up instead)
+    workflow_id = _token(payload.get("workflowId") or None, "workflowId")
     if event_type == CREDIT_LIMIT:
         return WebhookEvent(event_type, workflow_id)
     run_id = _token(payload.get("workflowRunId", payload.get("id")), "workflowRunId")
@@ -266,16 +268,31 @@ class WebhookRegistrar:
         return complete
 
     def _existing(self) -> dict[tuple[str, str | None], str]:
+        """Our registrations by (event type, workflow or None for workspace-wide). Extra
+        copies of one (left by an older version that did not recognise a workspace-wide
+        registration echoed with workflowId "") are removed."""
         found: dict[tuple[str, str | None], str] = {}
+        extra: list[str] = []
         seen = 0
         for page in range(self.MAX_LIST_PAGES):
             total, hooks = self._client.list_webhooks(page=page, size=100)
             for hook in hooks:
-                if hook.url == self.url:
-                    found[(hook.event_type, hook.workflow_id)] = hook.id
+                if hook.url != self.url:
+                    continue
+                scope = (hook.event_type, hook.workflow_id)
+                if scope in found:
+                    extra.append(hook.id)
+                else:
+                    found[scope] = hook.id
             seen += len(hooks)
             if not hooks or seen >= total:
                 break
+        for webhook_id in extra:
+            try:
+                self._client.delete_webhook(webhook_id)
+                log.info("duplicate webhook registration removed id=%s", webhook_id)
+            except ApiError as exc:
+                log.warning("duplicate webhook registration not removed id=%s: %s", webhook_id, exc)
         return found
 
     def deregister(self) -> None:

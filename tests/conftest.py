@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -143,7 +146,13 @@ def start_exporter() -> Iterator[Callable[..., RunningExporter]]:
         **exporter_kwargs,
     ) -> RunningExporter:
         exporter = Exporter(config, **exporter_kwargs)
-        app = ExporterApp(exporter, options or WebOptions(), reload or (lambda: (True, "ok")))
+        app = ExporterApp(
+            exporter,
+            options or WebOptions(),
+            reload or (lambda: (True, "ok")),
+            # the scrape deadline on the exporter's own clock (a FakeClock in some tests)
+            clock=exporter_kwargs.get("clock", time.monotonic),
+        )
         server = HttpServer(app, "127.0.0.1:0").start()
         running = RunningExporter(exporter, app, server)
         started.append(running)
@@ -153,3 +162,66 @@ def start_exporter() -> Iterator[Callable[..., RunningExporter]]:
     for running in started:
         running.server.stop()
         running.exporter.close()
+
+
+# --- a real redis-server ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Redis:
+    """A redis-server of the test's own, on loopback, without persistence."""
+
+    def __init__(self, binary: str, directory: Path):
+        self.binary, self.directory, self.port = binary, directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    return conn.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=10, interval=0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(require_tool("redis-server"), tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -271,7 +271,8 @@ def test_snapshot_status_counts_oldest_active_and_run_series():
     h.observe("pinned", when=1_100.0, status=S.PROCESSING, created_at=1_010.0, pinned=True)
     h.observe("retrying", when=1_100.0, status=S.RETRYING, created_at=1_040.0)
     h.observe("no-created", when=1_100.0, status=S.PROCESSING)
-    h.observe("unknown", when=1_100.0, status=S.UNKNOWN, created_at=1_060.0)
+    # the oldest of all, but UNKNOWN is not active: not the oldest active run
+    h.observe("unknown", when=1_100.0, status=S.UNKNOWN, created_at=1_000.0)
     h.observe("complete", when=1_100.0, status=S.COMPLETE, created_at=1_001.0)
     h.observe("failed", when=1_100.0, status=S.FAILED, created_at=1_002.0)
 
@@ -286,7 +287,7 @@ def test_snapshot_status_counts_oldest_active_and_run_series():
         S.UNKNOWN: 1,
     }
     assert snap.tracked == 8
-    assert snap.oldest_active_created == 1_010.0  # the pinned run is active too
+    assert snap.oldest_active_created == 1_010.0  # the pinned run is active too, UNKNOWN not
     assert snap.active_runs == []  # no run series asked for
 
     series = h.snapshot(run_series_limit=3).active_runs
@@ -296,8 +297,7 @@ def test_snapshot_status_counts_oldest_active_and_run_series():
         "waiting",
         "retrying",
         "new",
-        "unknown",
-        "no-created",  # no createdAt: last
+        "no-created",  # no createdAt: last (and no "unknown": UNKNOWN is not active)
     ]
     # copies: changing them does not change the history
     series[0].status = S.FAILED

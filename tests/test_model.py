@@ -194,7 +194,7 @@ def test_status_case_and_whitespace_are_ignored(raw, expected):
     assert run.raw_status == raw
 
 
-@pytest.mark.parametrize("raw", ["PAUSED", "", "CANCELLED", "unknown"])
+@pytest.mark.parametrize("raw", ["PAUSED", "CANCELLED", "unknown"])
 def test_undocumented_status_is_unknown(raw):
     run = parse_run(record(status=raw))
     assert run.status is RunStatus.UNKNOWN
@@ -202,7 +202,7 @@ def test_undocumented_status_is_unknown(raw):
     assert run.terminal is False
 
 
-@pytest.mark.parametrize("raw", [None, 3, ["COMPLETE"], {"s": "COMPLETE"}, True])
+@pytest.mark.parametrize("raw", [None, "", "  ", 3, ["COMPLETE"], {"s": "COMPLETE"}, True])
 def test_missing_or_non_string_status_is_unknown(raw):
     run = parse_run(record(status=raw))
     assert run.status is RunStatus.UNKNOWN

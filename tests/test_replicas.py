@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,62 +19,10 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import API_KEY, parse_samples, require_tool, sample, sim_stats, wait_for
+from tests.conftest import API_KEY, Redis, free_port, parse_samples, sample, sim_stats, wait_for
 
 LISTENING = re.compile(r"listening url=(http://\S+?)/metrics")
 WF = "WCFG-ha"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Redis:
-    """A redis-server of the test's own, on loopback, without persistence."""
-
-    def __init__(self, binary: str, directory: Path):
-        self.binary, self.directory, self.port = binary, directory, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    return conn.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_for(answers, timeout=10, interval=0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 class Replica:
@@ -117,14 +64,6 @@ class Replica:
         if self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(timeout=20)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Redis]:
-    server = Redis(require_tool("redis-server"), tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -384,7 +384,7 @@ def test_an_unexpected_error_while_fetching_is_logged_redacted():
         finally:
             exporter.close()
     text = stream.getvalue()
-    assert "unexpected error fetching" in text and "Traceback" in text
+    assert "internal error while refreshing" in text and "Traceback" in text
     assert REDACTED in text
     assert_no_key(text, "the log", key)
     fetched = sample(
