@@ -1,9 +1,10 @@
 """Plumbing shared by the rows: child processes, free ports, the simulator's control API,
-a Prometheus-like scrape client, VmHWM, percentiles and a settable clock."""
+a Prometheus-like scrape client, slow clients, VmHWM, percentiles and a settable clock."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import http.client
 import json
@@ -11,6 +12,8 @@ import math
 import os
 import platform
 import re
+import resource
+import selectors
 import shutil
 import socket
 import subprocess
@@ -19,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +290,142 @@ def tracked_runs(text: str) -> int:
     return round(sum(v for _, v in samples(text, "copyai_workflow_runs")))
 
 
+# --- hostile clients -----------------------------------------------------------------
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """Lift this process' soft RLIMIT_NOFILE to at least `needed` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
+SLOW_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: slow\r\nX-Slow: " + b"s" * 100_000
+
+
+@dataclass
+class _SlowClient:
+    sock: socket.socket
+    target: tuple[str, int]
+    started: float
+    sent: int = 0
+    connected: bool = False
+
+
+@dataclass
+class SlowClients:
+    """Slow clients on one thread, as an attacker runs them: each connects, sends the
+    start of a request line, then one more byte every `interval` seconds, and never
+    finishes its request. Records when the server closed each one. Use as `with`."""
+
+    targets: Sequence[tuple[str, int]]
+    per_target: int
+    interval: float = 1.0
+    first_bytes: int = 10  # "GET /metri"
+    lifetimes: list[float] = field(default_factory=list)  # connect to closed by the server
+    refused: int = 0  # could not connect at all
+
+    def __post_init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._clients: dict[int, _SlowClient] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        raise_open_files_limit(len(self.targets) * self.per_target + 256)
+        for target in self.targets:
+            for _ in range(self.per_target):
+                self._open(target)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for client in list(self._clients.values()):
+            self._forget(client)
+        self._selector.close()
+
+    @property
+    def total(self) -> int:
+        return len(self.targets) * self.per_target
+
+    def cut(self) -> int:
+        """How many the server has closed so far."""
+        with self._lock:
+            return len(self.lifetimes)
+
+    def _open(self, target: tuple[str, int]) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.refused += 1
+            return
+        client = _SlowClient(sock, target, time.monotonic())
+        self._clients[sock.fileno()] = client
+        self._selector.register(sock, selectors.EVENT_WRITE)
+
+    def _run(self) -> None:
+        next_byte = time.monotonic() + self.interval
+        while self._clients and not self._stop.is_set():
+            timeout = max(0.0, next_byte - time.monotonic())
+            for key, events in self._selector.select(timeout):
+                client = self._clients.get(key.fd)
+                if client is None:
+                    continue
+                if not client.connected and events & selectors.EVENT_WRITE:
+                    self._connected(client)
+                elif events & selectors.EVENT_READ:
+                    self._readable(client)
+            if time.monotonic() >= next_byte:
+                next_byte += self.interval
+                for client in list(self._clients.values()):
+                    if client.connected:
+                        self._send(client, 1)
+
+    def _connected(self, client: _SlowClient) -> None:
+        if client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.refused += 1
+            self._forget(client)
+            return
+        client.connected = True
+        self._selector.modify(client.sock, selectors.EVENT_READ)
+        self._send(client, self.first_bytes)
+
+    def _send(self, client: _SlowClient, count: int) -> None:
+        try:
+            client.sent += client.sock.send(SLOW_REQUEST[client.sent : client.sent + count])
+        except BlockingIOError:
+            pass
+        except OSError:  # reset or a broken pipe: the server closed it
+            self._closed(client)
+
+    def _readable(self, client: _SlowClient) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # (an answer such as a 408 is read on to the end)
+            self._closed(client)
+
+    def _closed(self, client: _SlowClient) -> None:
+        with self._lock:
+            self.lifetimes.append(time.monotonic() - client.started)
+        self._forget(client)
+
+    def _forget(self, client: _SlowClient) -> None:
+        if self._clients.pop(client.sock.fileno(), None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(client.sock)
+            client.sock.close()
+
+
 # --- measurements --------------------------------------------------------------------
 
 
@@ -296,6 +435,14 @@ def proc_status(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise KeyError(field)
+
+
+def thread_count(pid: int) -> int:
+    """Threads of a process (/proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise KeyError("Threads")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -18,11 +18,14 @@ from benchmarks.harness import (
     FakeClock,
     Scrape,
     SimClient,
+    SlowClients,
     cpu_seconds,
     exporter_document,
     fetched_runs,
     free_port,
+    proc_status,
     scrape,
+    thread_count,
     tracked_runs,
 )
 from exporter.config import build_config
@@ -406,4 +409,85 @@ def replicated(
         steady_calls=dict(stats["requests"]),
         active_runs=sum(1 for n in per_run.values() if n),
         most_calls_to_one_run=max(per_run.values(), default=0),
+    )
+
+
+# --- row 8: slow clients -------------------------------------------------------------
+
+
+@dataclass
+class SlowAttack:
+    clients: int
+    cut: int  # slow clients the exporter closed
+    refused: int  # could not even connect
+    cleared_seconds: float  # from the attack's start until the last one was closed
+    idle_threads: int
+    idle_rss_mb: float
+    peak_threads: int
+    peak_rss_mb: float  # VmRSS sampled every 50 ms, or VmHWM at the end if higher
+    scrape_seconds: list[float]  # scrapes started every `scrape_every` s during the attack
+    failed_scrapes: int
+
+
+def slow_attack(
+    host: str,
+    port: int,
+    pid: int,
+    *,
+    clients: int,
+    scrape_every: float = 0.25,
+    timeout: float = 120.0,
+) -> SlowAttack:
+    """`clients` slow clients at once (each sends the start of a request line, then a
+    byte a second: harness.SlowClients) against the exporter at host:port, process
+    `pid`. Until the exporter has closed every one: its threads and RSS are sampled,
+    and a scrape starts every `scrape_every` seconds, each on a new connection that
+    queues behind the slow clients, as Prometheus' would."""
+    idle_threads, idle_rss = thread_count(pid), proc_status(pid, "VmRSS")
+    lock = threading.Lock()
+    seconds: list[float] = []
+    failed = 0
+
+    def one_scrape() -> None:
+        nonlocal failed
+        try:
+            answer = scrape(host, port, timeout_header=10, timeout=60)
+        except OSError:
+            answer = None
+        with lock:
+            if answer is not None and answer.status == 200:
+                seconds.append(answer.seconds)
+            else:
+                failed += 1
+
+    scrapers: list[threading.Thread] = []
+    peak_threads, peak_rss = idle_threads, idle_rss
+    with SlowClients([(host, port)], clients) as slow:
+        started = time.monotonic()
+        next_scrape = started
+        while slow.cut() + slow.refused < clients and time.monotonic() - started < timeout:
+            if time.monotonic() >= next_scrape:
+                scraper = threading.Thread(target=one_scrape, daemon=True)
+                scraper.start()
+                scrapers.append(scraper)
+                next_scrape += scrape_every
+            peak_threads = max(peak_threads, thread_count(pid))
+            peak_rss = max(peak_rss, proc_status(pid, "VmRSS"))
+            time.sleep(0.05)
+        cut, refused = slow.cut(), slow.refused
+        cleared = time.monotonic() - started
+    for scraper in scrapers:
+        scraper.join(70)
+    peak_rss = max(peak_rss, proc_status(pid, "VmHWM"))  # between the samples too
+    return SlowAttack(
+        clients=clients,
+        cut=cut,
+        refused=refused,
+        cleared_seconds=cleared,
+        idle_threads=idle_threads,
+        idle_rss_mb=idle_rss,
+        peak_threads=peak_threads,
+        peak_rss_mb=peak_rss,
+        scrape_seconds=seconds,
+        failed_scrapes=failed,
     )

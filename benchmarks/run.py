@@ -1,5 +1,6 @@
 """The one command: `python -m benchmarks` (add `--quick` for small sizes, `--update
-BENCHMARKS.md` to write the results into that file between its markers).
+BENCHMARKS.md` to write the results into that file between its markers, `--only
+slow_clients` for one phase, whose rows then replace only theirs in that file).
 
 Runs the exporter against the simulator, each in its own process, and prints a markdown
 table in which every row is measured side by side with its theoretical limit and the
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,16 +39,34 @@ from benchmarks.harness import (
     percentile,
     proc_status,
     scrape,
+    thread_count,
     tracked_runs,
     wait_until_answers,
     workflows_of,
     write_yaml,
+)
+from exporter.server import (
+    BUSY_DEADLINE_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    HEADER_DEADLINE_SECONDS,
 )
 
 MARK_START = "<!-- benchmarks:results:start -->"
 MARK_END = "<!-- benchmarks:results:end -->"
 CONCURRENCY = 32
 SCRAPE_TIMEOUT = 10.0  # X-Prometheus-Scrape-Timeout-Seconds, as Prometheus' default
+CONCURRENCY_DEMO = 8  # the demo's api.max_concurrency (the default)
+# row 8 before issue 17 (no connection cap, no request deadlines), as the issue reports
+# them for 3,000 slow clients against --demo on the machine below
+BEFORE_THREADS, BEFORE_PEAK_MB, BEFORE_IDLE_MB, BEFORE_SCRAPE_SECONDS = 3022, 113, 42, 7.3
+# the rows each phase writes: a phase run alone replaces only its rows in BENCHMARKS.md
+PHASE_ROWS = {
+    "configured": {"1", "2", "3", "6"},
+    "large": {"3", "5"},
+    "discovery": {"4", "5"},
+    "replicas": {"7"},
+    "slow_clients": {"8"},
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class Sizes:
     bound_new_runs: int = 2_000  # row 5: runs added past the cap
     replica_refresh: float = 10.0  # row 7: refresh_interval_seconds, real time
     replica_intervals: int = 3  # row 7: refresh intervals the steady calls are counted over
+    slow_clients: int = 3000  # row 8: at the default --web.max-connections (512)
 
     @property
     def small(self) -> int:
@@ -86,6 +105,7 @@ QUICK = Sizes(
     bound_new_runs=300,
     replica_refresh=5.0,
     replica_intervals=2,
+    slow_clients=600,
 )
 
 
@@ -715,6 +735,58 @@ class Bench:
                     self.procs.stop(child)
         self.replica_lines(results, n, latency)
 
+    def slow_clients(self) -> None:
+        """Row 8: slow clients against `--demo` (issue 17), at the default connection cap."""
+        s, report = self.sizes, self.report
+        port = free_port()
+        child = self.procs.start(
+            "exporter-demo",
+            ["-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
+        )
+        wait_until_answers(f"http://127.0.0.1:{port}/-/healthy", child)
+        for _ in range(5):  # warm: every pool and thread the demo keeps exists
+            scrape("127.0.0.1", port, timeout_header=SCRAPE_TIMEOUT)
+        progress(f"row 8: {s.slow_clients:,} slow clients against the demo")
+        attack = rows.slow_attack("127.0.0.1", port, child.pid, clients=s.slow_clients)
+        after = thread_count(child.pid), proc_status(child.pid, "VmHWM")
+        self.procs.stop(child)
+
+        cap = DEFAULT_MAX_CONNECTIONS
+        waves = math.ceil(attack.clients / cap)
+        limit = waves * BUSY_DEADLINE_SECONDS
+        answered = attack.scrape_seconds
+        slowest = max(answered, default=math.inf)
+        report.add(
+            "8",
+            f"Slow clients (issue 17): {num(attack.clients)} connections at once, each sending "
+            "the start of a request line, then a byte a second, against `--demo` at the "
+            f"default cap ({cap}): peak threads; peak RSS (idle); a scrape started every "
+            f"0.25 s until every slow client was closed, p50 / max (answered); time until "
+            "the last slow client was closed",
+            f"{attack.peak_threads} threads; {mb(attack.peak_rss_mb)} ({mb(attack.idle_rss_mb)} "
+            f"idle); p50 {secs(percentile(answered, 50)) if answered else '-'} / max "
+            f"{secs(slowest)} ({len(answered)}/{len(answered) + attack.failed_scrapes}); "
+            f"all {num(attack.cut)} closed in {secs(attack.cleared_seconds)}",
+            f"{cap} + {attack.idle_threads} threads (cap + idle); a scrape queued behind "
+            f"all of them: {waves} x {BUSY_DEADLINE_SECONDS:g} s = {secs(limit)}",
+            f"before: {num(BEFORE_THREADS)} threads; {BEFORE_PEAK_MB} MB ({BEFORE_IDLE_MB} MB "
+            f"idle); scrapes delayed up to {BEFORE_SCRAPE_SECONDS:g} s; slow clients never "
+            "closed",
+            f"threads ≤ {cap} + idle + {CONCURRENCY_DEMO} (refresh pool); every scrape "
+            f"answered, max < {HEADER_DEADLINE_SECONDS:g} s (header deadline)",
+            attack.peak_threads <= cap + attack.idle_threads + CONCURRENCY_DEMO
+            and attack.failed_scrapes == 0
+            and attack.cut == attack.clients
+            and slowest < HEADER_DEADLINE_SECONDS,
+        )
+        report.note(
+            f"row 8: {attack.idle_threads} threads before the attack (main, the demo's "
+            "simulator, acceptors, deadline watchdogs, the refresh pool so far), "
+            f"{after[0]} after; VmHWM {mb(after[1])} at the end. Slow clients accepted once "
+            f"no one else waited had the {HEADER_DEADLINE_SECONDS:g} s header deadline, not "
+            f"the {BUSY_DEADLINE_SECONDS:g} s one: that is most of the time to close them all"
+        )
+
     def replica_lines(self, results: list[rows.Replicated], n: int, latency: float) -> None:
         s, report = self.sizes, self.report
         one = results[0]
@@ -793,9 +865,14 @@ def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def table_line(line: Line) -> str:
+    met = {True: "yes", False: "**no**", None: ""}[line.met]
+    cells = [line.row, line.measure, line.exporter, line.limit, line.naive, line.target, met]
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def markdown(report: Report, quick: bool, seconds: float, load_before: str) -> str:
     m = machine()
-    cell: Callable[[str], str] = lambda text: text.replace("|", "\\|")  # noqa: E731
     out = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m benchmarks"
         f"{' --quick' if quick else ''}` in {seconds:.0f} s, exporter at {exporter_version()}.",
@@ -809,9 +886,7 @@ def markdown(report: Report, quick: bool, seconds: float, load_before: str) -> s
         "|---|---|---|---|---|---|---|",
     ]
     for line in sorted(report.lines, key=lambda line: int(line.row)):  # stable: in row order
-        met = {True: "yes", False: "**no**", None: ""}[line.met]
-        cells = [line.row, line.measure, line.exporter, line.limit, line.naive, line.target, met]
-        out.append("| " + " | ".join(cell(c) for c in cells) + " |")
+        out.append(table_line(line))
     if report.notes:
         out += ["", "Notes from this run:", ""]
         by_row = sorted(report.notes, key=lambda note: note.split(":", 1)[0])
@@ -821,13 +896,54 @@ def markdown(report: Report, quick: bool, seconds: float, load_before: str) -> s
     return "\n".join(out) + "\n"
 
 
+_BLOCK = re.compile(re.escape(MARK_START) + "\n?(.*?)" + re.escape(MARK_END), re.DOTALL)
+_TABLE_ROW = re.compile(r"^\| (\d+) \|")
+_NOTE_ROW = re.compile(r"^- row (\d+):")
+
+
 def update_file(path: Path, table: str) -> None:
     text = path.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), re.DOTALL)
-    if not pattern.search(text):
+    if not _BLOCK.search(text):
         raise SystemExit(f"{path} has no {MARK_START} ... {MARK_END} block")
     path.write_text(
-        pattern.sub(lambda _: f"{MARK_START}\n{table}{MARK_END}", text), encoding="utf-8"
+        _BLOCK.sub(lambda _: f"{MARK_START}\n{table}{MARK_END}", text), encoding="utf-8"
+    )
+
+
+def merge_rows(recorded: str, report: Report, measured: set[str], provenance: str) -> str:
+    """The recorded results with the rows in `measured`, and their notes, replaced by
+    this run's (for phases run on their own); the other rows stay as recorded."""
+    lines = recorded.splitlines()
+    table = [i for i, line in enumerate(lines) if _TABLE_ROW.match(line)]
+    if not table:
+        raise SystemExit("the recorded results have no table to merge into")
+    kept = [lines[i] for i in table if _TABLE_ROW.match(lines[i]).group(1) not in measured]
+    new = [table_line(line) for line in report.lines]
+    rows_in_order = sorted(kept + new, key=lambda line: int(_TABLE_ROW.match(line).group(1)))
+    notes = [
+        line
+        for line in lines
+        if _NOTE_ROW.match(line) and _NOTE_ROW.match(line).group(1) not in measured
+    ]
+    notes += [f"- {note}" for note in [*report.notes, provenance]]
+    notes.sort(key=lambda note: int(_NOTE_ROW.match(note).group(1)))  # stable
+    before = lines[: table[0]]
+    after = [line for line in lines[table[-1] + 1 :] if not _NOTE_ROW.match(line)]
+    if "Notes from this run:" not in after:
+        after += ["", "Notes from this run:", ""]
+    at = after.index("Notes from this run:") + 2
+    merged = before + rows_in_order + after[:at] + notes + after[at:]
+    return "\n".join(merged).rstrip("\n") + "\n"
+
+
+def merge_file(path: Path, report: Report, measured: set[str], provenance: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    match = _BLOCK.search(text)
+    if not match:
+        raise SystemExit(f"{path} has no {MARK_START} ... {MARK_END} block")
+    block = merge_rows(match.group(1), report, measured, provenance)
+    path.write_text(
+        text[: match.start()] + f"{MARK_START}\n{block}{MARK_END}" + text[match.end() :]
     )
 
 
@@ -837,13 +953,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.05, help="simulated API latency, s")
     parser.add_argument(
         "--only",
-        default="configured,large,discovery,replicas",
+        default=",".join(PHASE_ROWS),
         help="phases to run (comma-separated): configured (rows 1, 2, 3, 6), large (rows 3 "
         "and 5 at 10,000 runs), discovery (rows 4 and 5), replicas (row 7, needs "
-        "redis-server)",
+        "redis-server), slow_clients (row 8)",
     )
-    parser.add_argument("--update", metavar="FILE", help="write the results into FILE's block")
+    parser.add_argument(
+        "--update",
+        metavar="FILE",
+        help="write the results into FILE's block; with --only, replace only the rows "
+        "of those phases",
+    )
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",")]
+    unknown = [name for name in chosen if name not in PHASE_ROWS]
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASE_ROWS)}")
+    measured = set().union(*(PHASE_ROWS[name] for name in chosen))
+    partial = set(chosen) != set(PHASE_ROWS)
+    if args.update and partial:
+        shared = measured & set().union(
+            *(rows_ for name, rows_ in PHASE_ROWS.items() if name not in chosen)
+        )
+        if shared:
+            parser.error(
+                "--update with --only replaces whole rows: add the other phases that write "
+                f"row(s) {', '.join(sorted(shared))}"
+            )
+        if args.quick:
+            parser.error("--update with --only takes full-size results, not --quick ones")
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
     load_before = load_average()
@@ -856,17 +994,28 @@ def main(argv: list[str] | None = None) -> int:
             "large": bench.large_configured,
             "discovery": bench.discovered_runs,
             "replicas": bench.replicas,
+            "slow_clients": bench.slow_clients,
         }
         try:
-            for name in args.only.split(","):
-                phases[name.strip()]()
+            for name in chosen:
+                phases[name]()
                 procs.stop_all()  # each phase's simulators
         except Exception:
             print(procs.log_tails(), file=sys.stderr)
             raise
-    table = markdown(bench.report, args.quick, time.monotonic() - started, load_before)
+    seconds = time.monotonic() - started
+    table = markdown(bench.report, args.quick, seconds, load_before)
     print(table)
-    if args.update:
+    if args.update and partial:
+        rows_text = ", ".join(sorted(measured, key=int))
+        provenance = (
+            f"row {rows_text}: measured on its own by `python -m benchmarks --only "
+            f"{','.join(chosen)}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s, "
+            f"exporter at {exporter_version()}, same machine; load average {load_before} "
+            f"before, {load_average()} after"
+        )
+        merge_file(Path(args.update), bench.report, measured, provenance)
+    elif args.update:
         update_file(Path(args.update), table)
     failed = [line for line in bench.report.lines if line.met is False]
     return 1 if failed else 0

@@ -23,7 +23,13 @@ from exporter.config import Config, ConfigError, build_config, load_config_file
 from exporter.logs import FORMATS, LEVELS, REDACTOR, setup_logging
 from exporter.persistence import StateError
 from exporter.runtime import Exporter
-from exporter.server import ExporterApp, HttpServer, WebOptions, parse_listen_address
+from exporter.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    ExporterApp,
+    HttpServer,
+    WebOptions,
+    parse_listen_address,
+)
 from exporter.webconfig import WebState
 from exporter.webhooks import WebhookApp, WebhookRegistrar
 
@@ -53,6 +59,12 @@ def _listen_address(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _max_connections(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _telemetry_path(text: str) -> str:
@@ -98,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="TLS, client certificates and basic auth for both listeners, in the "
         "Prometheus exporter-toolkit web config format",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        default=DEFAULT_MAX_CONNECTIONS,
+        type=_max_connections,
+        metavar="N",
+        help="most client connections served at once, on each listener (metrics and "
+        "webhook); more wait to be accepted (default: %(default)s)",
     )
     parser.add_argument(
         "--web.enable-lifecycle",
@@ -244,11 +265,14 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload, web: WebState) 
     app = ExporterApp(exporter, options, locked_reload)
     servers: list[HttpServer] = []
     webhooks = exporter.config.webhooks
+    limits = {"max_connections": args.max_connections, "observer": exporter.telemetry}
     try:
-        servers.append(HttpServer(app, args.listen_address, web).start())
+        metrics = HttpServer(app, args.listen_address, web, listener="metrics", **limits)
+        servers.append(metrics.start())
         if webhooks is not None:
             receiver = WebhookApp(lambda: exporter.config.webhooks, exporter)
-            servers.append(HttpServer(receiver, webhooks.listen_address, web).start())
+            hooks = HttpServer(receiver, webhooks.listen_address, web, listener="webhook", **limits)
+            servers.append(hooks.start())
     except OSError as exc:
         log.error("cannot listen: %s", exc.strerror or exc)
         for server in servers:

@@ -1,5 +1,6 @@
 """Logging set-up: logfmt or JSON lines on stderr, with every known secret redacted from
-the final text (messages, arguments and tracebacks alike)."""
+the final text (messages, arguments and tracebacks alike). Everything the process writes
+to stderr goes through it: warnings and uncaught exceptions too, one record each."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 import threading
 from datetime import UTC, datetime
+from types import TracebackType
 
 LEVELS = ("debug", "info", "warn", "error")
 FORMATS = ("logfmt", "json")
@@ -105,3 +107,26 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream=None) -> None
     root.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
     # urllib3 logs full URLs and retries at debug; keep its noise at warning and above.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # what Python would print to stderr itself becomes one record (newlines escaped)
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_exception
+    sys.excepthook = _log_uncaught
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "unknown"
+    logging.getLogger("exporter").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc_value: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger("exporter").error(
+        "uncaught exception", exc_info=(exc_type, exc_value, traceback)
+    )

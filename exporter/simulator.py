@@ -34,6 +34,7 @@ import random
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -993,6 +994,15 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # instead of socketserver's traceback on stderr (--demo runs this in the
+        # exporter's process): one log record
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("simulator client gone client=%s error=%r", client_address[0], str(exc))
+        else:
+            log.exception("simulator error serving client=%s", client_address[0])
 
     def close_connections(self) -> None:
         """Keep-alive connections outlive shutdown(): cut them, as a dead API would."""

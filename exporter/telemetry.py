@@ -1,7 +1,7 @@
-"""The exporter's own metrics: API requests, their latency and failures, build info and
-config reload status. These are long-lived metric objects on purpose: their label
-values are bounded (endpoint, HTTP code, error kind) and they describe this process,
-not data from the API.
+"""The exporter's own metrics: API requests, their latency and failures, build info,
+config reload status, and the connections of its HTTP listeners. These are long-lived
+metric objects on purpose: their label values are bounded (endpoint, HTTP code, error
+kind, listener) and they describe this process, not data from the API.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from exporter import __version__
 from exporter.client import ErrorKind
 from exporter.config import WEBHOOK_EVENT_TYPES
+from exporter.server import CLIENT_ERROR_REASONS
 from exporter.webhooks import REJECT_REASONS
 
 ENDPOINTS = ("get_run", "list_runs")  # the ones every exporter uses; pre-set to zero
@@ -21,7 +22,7 @@ API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Telemetry:
-    """Implements `client.RequestObserver`."""
+    """Implements `client.RequestObserver` and `server.ConnectionObserver`."""
 
     def __init__(self, registry: CollectorRegistry):
         # `_created` series double the counters' output and Prometheus ignores them in
@@ -91,6 +92,42 @@ class Telemetry:
         for reason in REJECT_REASONS:
             self.webhook_rejected.labels(reason)
 
+        self.http_open = Gauge(
+            "copyai_http_connections_open",
+            "Client connections open on each HTTP listener (metrics, webhook): receiving a "
+            "request or being answered.",
+            ["listener"],
+            registry=registry,
+        )
+        self.http_max = Gauge(
+            "copyai_http_connections_max",
+            "The most client connections each HTTP listener serves at once "
+            "(--web.max-connections); more wait to be accepted.",
+            ["listener"],
+            registry=registry,
+        )
+        self.http_accepted = Counter(
+            "copyai_http_connections_total",
+            "Client connections accepted by each HTTP listener.",
+            ["listener"],
+            registry=registry,
+        )
+        self.http_limit_waits = Counter(
+            "copyai_http_connection_limit_waits_total",
+            "Times an HTTP listener had every connection slot taken and a client had to wait "
+            "to be accepted.",
+            ["listener"],
+            registry=registry,
+        )
+        self.http_client_errors = Counter(
+            "copyai_http_client_errors_total",
+            "Client connections of each HTTP listener that ended without a complete request "
+            "or answer, by reason (timeout: the request did not arrive within its deadline; "
+            "reset: the client went away; bad_request: malformed request or TLS handshake).",
+            ["listener", "reason"],
+            registry=registry,
+        )
+
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()
         self.api_duration.labels(endpoint).observe(seconds)
@@ -102,3 +139,24 @@ class Telemetry:
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_time.set(time.time() if now is None else now)
+
+    def http_listener_started(self, listener: str, max_connections: int) -> None:
+        self.http_max.labels(listener).set(max_connections)
+        self.http_open.labels(listener)
+        self.http_accepted.labels(listener)
+        self.http_limit_waits.labels(listener)
+        for reason in CLIENT_ERROR_REASONS:
+            self.http_client_errors.labels(listener, reason)
+
+    def http_connection_opened(self, listener: str) -> None:
+        self.http_open.labels(listener).inc()
+        self.http_accepted.labels(listener).inc()
+
+    def http_connection_closed(self, listener: str) -> None:
+        self.http_open.labels(listener).dec()
+
+    def http_connection_limit_waited(self, listener: str) -> None:
+        self.http_limit_waits.labels(listener).inc()
+
+    def http_client_failed(self, listener: str, reason: str) -> None:
+        self.http_client_errors.labels(listener, reason).inc()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import requests.adapters
@@ -47,25 +47,30 @@ class Attempt:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Watchdog:
-    """One thread and a heap of deadlines, however many requests are in flight."""
+class Expiring(Protocol):
+    def expire(self) -> None: ...
 
-    def __init__(self) -> None:
+
+class Watchdog:
+    """One thread and a heap of deadlines, however many are pending: at its time (on
+    time.monotonic) each armed target's `expire()` is called in that thread. The HTTP
+    server uses one too, for its clients' request deadlines."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Attempt]] = []
+        self._heap: list[tuple[float, int, Expiring]] = []
         self._armed: set[int] = set()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, when: float, attempt: Attempt) -> int:
+    def arm(self, when: float, target: Expiring) -> int:
         with self._cond:
             handle = next(self._ids)
-            heapq.heappush(self._heap, (when, handle, attempt))
+            heapq.heappush(self._heap, (when, handle, target))
             self._armed.add(handle)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="copyai-request-deadline", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify()
             return handle
@@ -82,17 +87,17 @@ class _Watchdog:
                 if not self._heap:
                     self._cond.wait()
                     continue
-                when, handle, attempt = self._heap[0]
+                when, handle, target = self._heap[0]
                 wait = when - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
                 self._armed.discard(handle)
-            attempt.expire()
+            target.expire()
 
 
-_WATCHDOG = _Watchdog()
+_WATCHDOG = Watchdog("copyai-request-deadline")
 
 
 @contextmanager

@@ -1,9 +1,11 @@
 """The benchmarks' exact call counts, at small sizes and with in-process servers: what
-rows 2, 4 and 6 of BENCHMARKS.md claim about API cost. No timing is asserted here;
-timings are figures, measured by `python -m benchmarks`."""
+rows 2, 4 and 6 of BENCHMARKS.md claim about API cost, and that row 8's slow clients are
+all closed. No timing is asserted here; timings are figures, measured by
+`python -m benchmarks`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from benchmarks import rows
 from benchmarks.harness import API_KEY, SimClient, api_calls, exporter_document, workflows_of
 from benchmarks.naive import NaiveExporter
+from benchmarks.run import Line, Report, merge_rows
 from benchmarks.simworld import DISCOVER_WORKFLOW, active_positions, discovery_world
 from exporter.config import build_config
 from exporter.server import HttpServer
@@ -167,3 +170,46 @@ def test_discovery_limit():
     # paging deeper pays when it covers more active runs than it costs pages
     assert rows.discovery_limit(0, [0, 120, 150, 170], 100) == 2
     assert rows.cold_limit(1000, 32, 0.05) == pytest.approx(1.6)
+
+
+def test_slow_clients_are_all_closed_and_scrapes_answered_meanwhile(bulk):
+    sim, workflows = bulk
+    document = exporter_document(sim.base_url, workflows, api={"max_concurrency": 4})
+    with rows.LocalExporter(document) as local:
+        attack = rows.slow_attack(local.host, local.port, os.getpid(), clients=40)
+    assert (attack.cut, attack.refused, attack.failed_scrapes) == (40, 0, 0)
+    assert attack.scrape_seconds  # scrapes were answered while slow clients held on
+
+
+RECORDED = """Measured ... exporter at abc1234.
+
+Machine: ...
+
+| # | Measure | Exporter | Limit | Naive baseline | Target | Met |
+|---|---|---|---|---|---|---|
+| 1 | one | 1 s | | | | yes |
+| 7 | seven | 7 s | | | | yes |
+| 8 | eight, old | 9 s | | | | **no** |
+
+Notes from this run:
+
+- row 1: about one
+- row 8: old note
+"""
+
+
+def test_one_phase_run_alone_replaces_only_its_rows_and_notes():
+    report = Report(lines=[Line("8", "eight", "3 s", "", "", "", True)], notes=["row 8: new"])
+    merged = merge_rows(RECORDED, report, {"8"}, "row 8: measured on its own")
+    assert merged.splitlines()[6:] == [
+        "| 1 | one | 1 s | | | | yes |",
+        "| 7 | seven | 7 s | | | | yes |",
+        "| 8 | eight | 3 s |  |  |  | yes |",
+        "",
+        "Notes from this run:",
+        "",
+        "- row 1: about one",
+        "- row 8: new",
+        "- row 8: measured on its own",
+    ]
+    assert merged.startswith("Measured ... exporter at abc1234.\n")

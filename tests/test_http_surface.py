@@ -1,11 +1,13 @@
 """Bad input to the exporter's own HTTP server: unknown paths, wrong methods, oversized
-request lines and headers, slow clients, HEAD, and clients that vanish mid-answer. Each
-test checks the answer and that the server goes on serving everyone else."""
+request lines and headers, slow clients (more in test_hostile_clients.py), HEAD, and
+clients that vanish mid-answer. Each test checks the answer and that the server goes on
+serving everyone else."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+import select
 import socket
 import struct
 import threading
@@ -17,6 +19,7 @@ import pytest
 import requests
 
 from exporter.model import Run, RunStatus
+from exporter.server import HEADER_DEADLINE_SECONDS
 from tests.conftest import RunningExporter, make_config, parse_samples, sample, wait_for
 
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
@@ -148,13 +151,16 @@ def test_more_than_100_headers_are_refused(exporter):
 
 
 class Trickler(threading.Thread):
-    """Opens a connection and sends a request one byte per second until stopped."""
+    """Opens a connection and sends a request one byte per second until the server
+    closes it or the test stops it; `closed_after` is when the server closed it."""
 
     def __init__(self, url: str):
         super().__init__(daemon=True)
         self.conn = socket.create_connection(address(url), timeout=10)
+        self.started = time.monotonic()
         self.stop = threading.Event()
         self.sent = 0
+        self.closed_after: float | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -163,7 +169,13 @@ class Trickler(threading.Thread):
             for byte in request:
                 self.conn.sendall(bytes([byte]))
                 self.sent += 1
-                if self.stop.wait(1.0):  # the trickle under test, in its own thread
+                # the trickle under test, in its own thread: a byte a second, unless
+                # the server closes the connection (end of file) meanwhile
+                if select.select([self.conn], [], [], 1.0)[0]:
+                    if self.conn.recv(1024) == b"":
+                        self.closed_after = time.monotonic() - self.started
+                    return
+                if self.stop.is_set():
                     return
         except OSError as exc:
             self.error = exc
@@ -185,8 +197,10 @@ def slow_clients(exporter) -> Iterator[tuple[Trickler, list[socket.socket]]]:
         conn.close()
 
 
-def test_slow_clients_do_not_hold_up_scrapes(exporter, slow_clients):
-    trickler, _ = slow_clients
+def test_slow_clients_do_not_hold_up_scrapes_and_are_cut_at_the_header_deadline(
+    exporter, slow_clients
+):
+    trickler, silent = slow_clients
     wait_for(lambda: trickler.sent >= 1)
     durations = []
     for _ in range(20):
@@ -196,7 +210,15 @@ def test_slow_clients_do_not_hold_up_scrapes(exporter, slow_clients):
         assert response.status_code == 200
         assert sample(parse_samples(response.text), "copyai_up") == 1
     assert max(durations) < 5, durations  # each finished: correctness, not speed
-    assert trickler.is_alive() and trickler.error is None  # still trickling, unanswered
+    # the request line and headers must arrive within the header deadline, all of
+    # them: a byte a second does not keep the connection, nor does silence
+    wait_for(lambda: not trickler.is_alive(), timeout=HEADER_DEADLINE_SECONDS + 3)
+    assert trickler.error is None and trickler.closed_after is not None
+    assert HEADER_DEADLINE_SECONDS - 0.5 < trickler.closed_after < HEADER_DEADLINE_SECONDS + 1.5
+    assert 3 <= trickler.sent <= HEADER_DEADLINE_SECONDS + 2  # it trickled until cut
+    for conn in silent:
+        assert conn.recv(1024) == b""  # closed by the server, unanswered
+    assert_serving(exporter)
 
 
 # --- HEAD ---------------------------------------------------------------------------------

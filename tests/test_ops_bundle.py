@@ -257,11 +257,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     exporter = Exporter(config)
     cleanup.append(exporter.close)
     metrics = HttpServer(
-        ExporterApp(exporter, WebOptions(), lambda: (True, "")), "127.0.0.1:0"
+        ExporterApp(exporter, WebOptions(), lambda: (True, "")),
+        "127.0.0.1:0",
+        listener="metrics",
+        observer=exporter.telemetry,
     ).start()
     cleanup.append(metrics.stop)
     hooks = HttpServer(
-        WebhookApp(lambda: exporter.config.webhooks, exporter), "127.0.0.1:0"
+        WebhookApp(lambda: exporter.config.webhooks, exporter),
+        "127.0.0.1:0",
+        listener="webhook",
+        observer=exporter.telemetry,
     ).start()
     cleanup.append(hooks.stop)
     registration = WebhookRegistration(public_url=f"{hooks.url}/webhook")

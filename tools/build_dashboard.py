@@ -562,7 +562,7 @@ def build() -> dict[str, Any]:
         "timeseries",
         "API requests by code",
         [series("sum by (code) (rate(copyai_api_requests_total[$__rate_interval]))", "{{code}}")],
-        w=8,
+        w=6,
         h=8,
         unit="reqps",
         description="Requests to the Copy.ai API per second, by HTTP status (error = no answer). Retries count.",
@@ -572,7 +572,7 @@ def build() -> dict[str, Any]:
         "timeseries",
         "API errors by kind",
         [series("sum by (kind) (rate(copyai_api_errors_total[$__rate_interval]))", "{{kind}}")],
-        w=8,
+        w=6,
         h=8,
         unit="ops",
         description="API operations that failed after retries, by kind.",
@@ -588,11 +588,52 @@ def build() -> dict[str, Any]:
             )
             for q in (0.5, 0.95)
         ],
-        w=8,
+        w=6,
         h=8,
         unit="s",
         description="Copy.ai API response time, body included.",
         options=TIMESERIES,
+    )
+    b.add(
+        "timeseries",
+        "HTTP connections",
+        [
+            series(
+                f"max by (instance, listener) (copyai_http_connections_open{{{JOB}}})",
+                "{{instance}} {{listener}} open",
+            ),
+            series(
+                f"max by (instance, listener) (copyai_http_connections_max{{{JOB}}})",
+                "{{instance}} {{listener}} max",
+            ),
+            series(
+                "sum by (listener, reason) "
+                f"(rate(copyai_http_client_errors_total{{{JOB}}}[$__rate_interval]))",
+                "{{listener}} {{reason}} per second",
+            ),
+            series(
+                "sum by (listener) "
+                f"(rate(copyai_http_connection_limit_waits_total{{{JOB}}}[$__rate_interval]))",
+                "{{listener}} cap reached per second",
+            ),
+        ],
+        w=6,
+        h=8,
+        unit="short",
+        description="Client connections open on each listener against its cap "
+        "(--web.max-connections), and per second: clients that timed out, reset or sent a "
+        "malformed request, and times every slot was taken (right axis).",
+        options=TIMESERIES,
+        overrides=[
+            {
+                "matcher": {"id": "byFrameRefID", "options": ref},
+                "properties": [
+                    {"id": "unit", "value": "ops"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+            for ref in ("C", "D")
+        ],
     )
     b.add(
         "timeseries",
