@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, Validator, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -75,57 +74,49 @@ class WebConfig:
 
 
 def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
+    """Read and validate a web config file the way the main config is read (duplicate
+    keys refused, every problem listed with its path); ConfigError otherwise."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-        document = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(["web config file does not exist"], source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read web config file: {exc}"], source) from None
-    except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError([f"YAML error: {str(exc).splitlines()[0]}"], source) from None
-    problems: list[str] = []
-    web = _build(document or {}, Path(path).parent, problems)
-    if problems:
-        raise ConfigError(problems, source)
+    document = load_yaml(text, source)
+    v = Validator()
+    web = _build(document or {}, Path(path).parent, v)
+    if v.problems:
+        raise ConfigError(v.problems, source)
     return web
 
 
-def _build(document: object, base: Path, problems: list[str]) -> WebConfig:
+def _build(document: object, base: Path, v: Validator) -> WebConfig:
     if not isinstance(document, Mapping):
-        problems.append("(top level): must be a mapping")
+        v.problem("(top level)", "must be a mapping")
         return WebConfig()
-    _unknown(
+    v.mapping(
         document,
         "",
         {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"},
-        problems,
     )
     tls = None
     if document.get("tls_server_config") is not None:
-        tls = _tls(document["tls_server_config"], base, problems)
-    users = _users(document.get("basic_auth_users"), problems)
-    headers = _headers(document.get("http_server_config"), problems)
-    interval, burst = _rate_limit(document.get("rate_limit"), problems)
+        tls = _tls(document["tls_server_config"], base, v)
+    users = _users(document.get("basic_auth_users"), v)
+    headers = _headers(document.get("http_server_config"), v)
+    interval, burst = _rate_limit(document.get("rate_limit"), v)
     return WebConfig(
         tls=tls, users=users, headers=headers, rate_interval=interval, rate_burst=burst
     )
 
 
-def _unknown(node: Mapping[Any, Any], path: str, known: set[str], problems: list[str]) -> None:
-    for key in node:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            problems.append(f"{where}: unknown key (known: {', '.join(sorted(known))})")
-
-
-def _tls(node: object, base: Path, problems: list[str]) -> TlsSettings | None:
+def _tls(node: object, base: Path, v: Validator) -> TlsSettings | None:
     path = "tls_server_config"
     if not isinstance(node, Mapping):
-        problems.append(f"{path}: must be a mapping")
+        v.problem(path, "must be a mapping")
         return None
-    _unknown(
+    v.mapping(
         node,
         path,
         {
@@ -141,23 +132,18 @@ def _tls(node: object, base: Path, problems: list[str]) -> TlsSettings | None:
             "max_version",
             *IGNORED_TLS_KEYS,
         },
-        problems,
     )
     for key in IGNORED_TLS_KEYS:
         if key in node:
             log.warning("web config %s.%s is ignored: Python's TLS defaults are used", path, key)
-    before = len(problems)
+    before = len(v.problems)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _version(
-        node.get("min_version", "TLS12"), f"{path}.min_version", problems
-    )
-    context.maximum_version = _version(
-        node.get("max_version", "TLS13"), f"{path}.max_version", problems
-    )
+    context.minimum_version = _version(node.get("min_version", "TLS12"), f"{path}.min_version", v)
+    context.maximum_version = _version(node.get("max_version", "TLS13"), f"{path}.max_version", v)
     cert, key = node.get("cert"), node.get("key")
     cert_file, key_file = node.get("cert_file"), node.get("key_file")
     if (cert is None) == (cert_file is None) or (key is None) == (key_file is None):
-        problems.append(f"{path}: give the certificate and the key, each as a file or inline")
+        v.problem(path, "give the certificate and the key, each as a file or inline")
     else:
         try:
             if cert_file is not None:
@@ -165,35 +151,36 @@ def _tls(node: object, base: Path, problems: list[str]) -> TlsSettings | None:
             else:
                 _load_inline_chain(context, str(cert), str(key))
         except (OSError, ssl.SSLError, TypeError) as exc:
-            problems.append(f"{path}: cannot load the certificate and key: {_reason(exc)}")
+            v.problem(path, f"cannot load the certificate and key: {_reason(exc)}")
     auth_type = node.get("client_auth_type", "NoClientCert")
     if auth_type in UNSUPPORTED_CLIENT_AUTH:
-        problems.append(
-            f"{path}.client_auth_type: {auth_type} is not supported (Python's TLS cannot "
-            "accept a client certificate it does not verify); use RequireAndVerifyClientCert"
+        v.problem(
+            f"{path}.client_auth_type",
+            f"{auth_type} is not supported (Python's TLS cannot accept a client "
+            "certificate it does not verify); use RequireAndVerifyClientCert",
         )
     elif auth_type not in CLIENT_AUTH:
-        problems.append(f"{path}.client_auth_type: must be one of {', '.join(CLIENT_AUTH)}")
+        v.problem(f"{path}.client_auth_type", f"must be one of {', '.join(CLIENT_AUTH)}")
     else:
         context.verify_mode = CLIENT_AUTH[auth_type]
         ca, ca_file = node.get("client_ca"), node.get("client_ca_file")
         if auth_type != "NoClientCert":
             if ca is None and ca_file is None:
-                problems.append(f"{path}: {auth_type} needs client_ca_file or client_ca")
+                v.problem(path, f"{auth_type} needs client_ca_file or client_ca")
             try:
                 if ca_file is not None:
                     context.load_verify_locations(cafile=_file(ca_file, base))
                 elif ca is not None:
                     context.load_verify_locations(cadata=str(ca))
             except (OSError, ssl.SSLError, TypeError) as exc:
-                problems.append(f"{path}: cannot load the client CA: {_reason(exc)}")
+                v.problem(path, f"cannot load the client CA: {_reason(exc)}")
     sans = node.get("client_allowed_sans") or []
     if not isinstance(sans, list) or not all(isinstance(s, str) for s in sans):
-        problems.append(f"{path}.client_allowed_sans: must be a list of strings")
+        v.problem(f"{path}.client_allowed_sans", "must be a list of strings")
         sans = []
     if sans and auth_type != "RequireAndVerifyClientCert":
-        problems.append(f"{path}.client_allowed_sans: needs RequireAndVerifyClientCert")
-    if len(problems) > before:
+        v.problem(f"{path}.client_allowed_sans", "needs RequireAndVerifyClientCert")
+    if len(v.problems) > before:
         return None
     return TlsSettings(context=context, allowed_sans=tuple(sans))
 
@@ -222,74 +209,74 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _version(value: object, path: str, problems: list[str]) -> ssl.TLSVersion:
+def _version(value: object, path: str, v: Validator) -> ssl.TLSVersion:
     if value not in TLS_VERSIONS:
-        problems.append(f"{path}: must be one of {', '.join(TLS_VERSIONS)}")
+        v.problem(path, f"must be one of {', '.join(TLS_VERSIONS)}")
         return ssl.TLSVersion.TLSv1_2
     return TLS_VERSIONS[value]  # type: ignore[index]
 
 
-def _users(node: object, problems: list[str]) -> dict[str, bytes]:
+def _users(node: object, v: Validator) -> dict[str, bytes]:
     if node is None:
         return {}
     if not isinstance(node, Mapping):
-        problems.append("basic_auth_users: must be a mapping of user name to bcrypt hash")
+        v.problem("basic_auth_users", "must be a mapping of user name to bcrypt hash")
         return {}
     users: dict[str, bytes] = {}
     for name, hashed in node.items():
         if not isinstance(name, str) or not name or ":" in name:
-            problems.append("basic_auth_users: user names must be non-empty, without ':'")
+            v.problem("basic_auth_users", "user names must be non-empty, without ':'")
             continue
         if not isinstance(hashed, str) or not BCRYPT_PREFIX.match(hashed):
             # the value is not repeated: it may be a password pasted by mistake
-            problems.append(f"basic_auth_users.{name}: is not a bcrypt hash ($2y$10$...)")
+            v.problem(f"basic_auth_users.{name}", "is not a bcrypt hash ($2y$10$...)")
             continue
         users[name] = hashed.encode()
     return users
 
 
-def _headers(node: object, problems: list[str]) -> tuple[tuple[str, str], ...]:
+def _headers(node: object, v: Validator) -> tuple[tuple[str, str], ...]:
     if node is None:
         return ()
     if not isinstance(node, Mapping):
-        problems.append("http_server_config: must be a mapping")
+        v.problem("http_server_config", "must be a mapping")
         return ()
-    _unknown(node, "http_server_config", {"headers", "http2"}, problems)
+    v.mapping(node, "http_server_config", {"headers", "http2"})
     headers = node.get("headers") or {}
     if not isinstance(headers, Mapping):
-        problems.append("http_server_config.headers: must be a mapping")
+        v.problem("http_server_config.headers", "must be a mapping")
         return ()
     result = []
     for name, value in headers.items():
         if name not in ALLOWED_HEADERS:
-            problems.append(
-                f"http_server_config.headers.{name}: not one of {', '.join(ALLOWED_HEADERS)}"
+            v.problem(
+                f"http_server_config.headers.{name}", f"not one of {', '.join(ALLOWED_HEADERS)}"
             )
         elif not isinstance(value, str) or any(c in value for c in "\r\n"):
-            problems.append(f"http_server_config.headers.{name}: must be a one-line string")
+            v.problem(f"http_server_config.headers.{name}", "must be a one-line string")
         elif value:
             result.append((str(name), value))
     return tuple(result)
 
 
-def _rate_limit(node: object, problems: list[str]) -> tuple[float, int]:
+def _rate_limit(node: object, v: Validator) -> tuple[float, int]:
     if node is None:
         return 0.0, 0
     if not isinstance(node, Mapping):
-        problems.append("rate_limit: must be a mapping")
+        v.problem("rate_limit", "must be a mapping")
         return 0.0, 0
-    _unknown(node, "rate_limit", {"interval", "burst"}, problems)
+    v.mapping(node, "rate_limit", {"interval", "burst"})
     text = str(node.get("interval", "0s"))
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text)
     if not match:
-        problems.append("rate_limit.interval: must be a duration like 1s or 200ms")
+        v.problem("rate_limit.interval", "must be a duration like 1s or 200ms")
         return 0.0, 0
     interval = (
         float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
     )
     burst = node.get("burst", 1)
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        problems.append("rate_limit.burst: must be a positive integer")
+        v.problem("rate_limit.burst", "must be a positive integer")
         return 0.0, 0
     return interval, burst
 

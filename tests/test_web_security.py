@@ -250,6 +250,10 @@ def test_security_headers_and_rate_limit(serve):
         ),
         ("bogus: 1\n", "bogus: unknown key"),
         ("rate_limit:\n  interval: soon\n", "rate_limit.interval: must be a duration"),
+        (  # refused as in the main config, not the last one silently kept
+            "rate_limit:\n  burst: 1\nrate_limit:\n  burst: 5\n",
+            "duplicate key 'rate_limit' (first at line 1)",
+        ),
     ],
 )
 def test_invalid_web_config_exits_2_with_the_problem(tmp_path, text, expected):
