@@ -19,14 +19,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import exporter.refresh
+import exporter.tracking.refresh
 from benchmarks import rows
 from benchmarks.harness import API_KEY, Processes, exporter_document, proc_status, scrape
 from benchmarks.run import CONCURRENCY, FULL, Bench
 from exporter.config import build_config
-from exporter.persistence import MemoryStore
 from exporter.runtime import Exporter
-from exporter.server import ExporterApp, WebOptions
+from exporter.tracking.persistence import MemoryStore
+from exporter.web.app import ExporterApp, WebOptions
 
 ALLOCATOR_SETTINGS = {
     "glibc defaults": {},
@@ -90,12 +90,12 @@ def heap(document: dict) -> None:
             seen["refresh"] = tracemalloc.take_snapshot()
         return real_wait(fs, timeout=timeout, **kwargs)
 
-    exporter.refresh.concurrent.futures.wait = spy  # type: ignore[attr-defined]
+    exporter.tracking.refresh.concurrent.futures.wait = spy  # type: ignore[attr-defined]
     tracemalloc.reset_peak()
     try:
         exp.refresh(time.monotonic() + 600)
     finally:
-        exporter.refresh.concurrent.futures.wait = real_wait  # type: ignore[attr-defined]
+        exporter.tracking.refresh.concurrent.futures.wait = real_wait  # type: ignore[attr-defined]
     current, peak = tracemalloc.get_traced_memory()
     print(f"  cold refresh: peak {peak / 1e6:.1f} MB, then {current / 1e6:.1f} MB retained")
     if "refresh" in seen:

@@ -17,9 +17,9 @@ from collections import Counter
 
 import requests
 
+from exporter.api.records import ALL_STATUSES, parse_run
 from exporter.config import Config, load_config_file
-from exporter.model import ALL_STATUSES, parse_run
-from exporter.server import HttpServer
+from exporter.web.http import HttpServer
 
 
 class NaiveExporter:

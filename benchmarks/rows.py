@@ -29,9 +29,10 @@ from benchmarks.harness import (
     tracked_runs,
 )
 from exporter.config import build_config
-from exporter.persistence import MemoryStore
 from exporter.runtime import Exporter
-from exporter.server import ExporterApp, HttpServer, WebOptions
+from exporter.tracking.persistence import MemoryStore
+from exporter.web.app import ExporterApp, WebOptions
+from exporter.web.http import HttpServer
 
 
 class LocalExporter:

@@ -45,7 +45,7 @@ from benchmarks.harness import (
     workflows_of,
     write_yaml,
 )
-from exporter.server import (
+from exporter.web.connections import (
     BUSY_DEADLINE_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
     HEADER_DEADLINE_SECONDS,

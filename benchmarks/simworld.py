@@ -21,7 +21,8 @@ import signal
 import threading
 from typing import Any
 
-from exporter.simulator import DEFAULT_API_KEY, RunningSimulator, SimRun, World
+from exporter.sim.http import RunningSimulator
+from exporter.sim.world import DEFAULT_API_KEY, SimRun, World
 
 DISCOVER_WORKFLOW = "WCFG-bench-discover"
 

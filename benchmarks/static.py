@@ -12,7 +12,8 @@ import gzip
 import threading
 from pathlib import Path
 
-from exporter.server import TEXT_FORMAT, HttpServer
+from exporter.web.app import TEXT_FORMAT
+from exporter.web.http import HttpServer
 
 
 class StaticApp:

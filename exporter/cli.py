@@ -18,20 +18,21 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exporter import __version__, simulator
+from exporter import __version__
+from exporter.api.registration import WebhookRegistrar
 from exporter.config import Config, ConfigError, build_config, load_config_file
 from exporter.logs import FORMATS, LEVELS, REDACTOR, setup_logging
-from exporter.persistence import StateError
 from exporter.runtime import Exporter
-from exporter.server import (
-    DEFAULT_MAX_CONNECTIONS,
-    ExporterApp,
-    HttpServer,
-    WebOptions,
-    parse_listen_address,
-)
-from exporter.webconfig import WebState
-from exporter.webhooks import WebhookApp, WebhookRegistrar
+from exporter.sim.command import add_arguments as add_simulator_arguments
+from exporter.sim.command import run_from_args as run_simulator
+from exporter.sim.http import RunningSimulator
+from exporter.sim.scenarios import demo_world
+from exporter.tracking.persistence import StateError
+from exporter.web.app import ExporterApp, WebOptions
+from exporter.web.connections import DEFAULT_MAX_CONNECTIONS
+from exporter.web.http import HttpServer, parse_listen_address
+from exporter.web.webconfig import WebState
+from exporter.web.webhooks import WebhookApp
 
 log = logging.getLogger("exporter")
 
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate", help="serve a simulated Copy.ai API (for demos, tests and benchmarks)"
     )
-    simulator.add_arguments(simulate)
+    add_simulator_arguments(simulate)
     return parser
 
 
@@ -321,9 +322,9 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload, web: WebState) 
 
 
 def _serve_demo(args: argparse.Namespace, web: WebState) -> int:
-    world = simulator.demo_world()
+    world = demo_world()
     world.faults.update({"spawn_per_minute": 4, "spawn_fail_rate": 0.15})
-    sim = simulator.RunningSimulator(world)
+    sim = RunningSimulator(world)
     document = {
         "api": {"base_url": sim.base_url, "max_requests_per_second": 50},
         "collector": {"refresh_interval_seconds": 5},
@@ -351,7 +352,7 @@ def _simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        return simulator.run_from_args(args, stop)
+        return run_simulator(args, stop)
     except OSError as exc:
         log.error("simulator cannot listen on %s: %s", args.listen, exc.strerror or exc)
         return EXIT_FAILURE

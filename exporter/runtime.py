@@ -16,24 +16,21 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter.client import CopyaiClient
-from exporter.collector import CopyaiCollector, HealthView, View
+from exporter.api.client import CopyaiClient
+from exporter.api.deliveries import CREDIT_LIMIT, WebhookEvent
+from exporter.api.records import Run, RunStatus
 from exporter.config import Config
-from exporter.exposition import RunRenderer
-from exporter.history import HistoryBook
-from exporter.model import Run, RunStatus
-from exporter.persistence import Loaded, MemoryStore, SqliteStore, StateStore
-from exporter.refresh import Refresher, RefreshReport
-from exporter.shared import (
-    Coordinator,
-    RedisBackend,
-    RedisStore,
-    SharedRateLimiter,
-    SharedRefresher,
-)
-from exporter.state import ApiHealth, RunState, RunStore
-from exporter.telemetry import Telemetry
-from exporter.webhooks import CREDIT_LIMIT, WebhookEvent
+from exporter.metrics.collector import CopyaiCollector, HealthView, View
+from exporter.metrics.exposition import RunRenderer
+from exporter.metrics.telemetry import Telemetry
+from exporter.replication.backend import RedisBackend, SharedRateLimiter
+from exporter.replication.coordinator import Coordinator, RedisStore
+from exporter.replication.work import SharedRefresher
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.health import ApiHealth
+from exporter.tracking.persistence import Loaded, MemoryStore, SqliteStore, StateStore
+from exporter.tracking.refresh import Refresher, RefreshReport
+from exporter.tracking.runs import RunState, RunStore
 
 log = logging.getLogger(__name__)
 

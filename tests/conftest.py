@@ -19,8 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, build_config
 from exporter.runtime import Exporter
-from exporter.server import ExporterApp, HttpServer, WebOptions
-from exporter.simulator import RunningSimulator, World
+from exporter.sim.http import RunningSimulator
+from exporter.sim.world import World
+from exporter.web.app import ExporterApp, WebOptions
+from exporter.web.http import HttpServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 API_KEY = "test-key-canary-7f3a9c"

@@ -16,8 +16,9 @@ from benchmarks.naive import NaiveExporter
 from benchmarks.run import Line, Report, merge_rows
 from benchmarks.simworld import DISCOVER_WORKFLOW, active_positions, discovery_world
 from exporter.config import build_config
-from exporter.server import HttpServer
-from exporter.simulator import RunningSimulator, bulk_world
+from exporter.sim.http import RunningSimulator
+from exporter.sim.scenarios import bulk_world
+from exporter.web.http import HttpServer
 
 
 def serve(world) -> Iterator[SimClient]:

@@ -24,19 +24,18 @@ import pytest
 import requests
 import responses
 
-from exporter.client import (
+from exporter.api.client import (
     API_KEY_HEADER,
     MAX_INLINE_RETRY_AFTER_SECONDS,
     MAX_REDIRECTS,
     MAX_RETRY_AFTER_SECONDS,
-    ApiError,
     CopyaiClient,
-    ErrorKind,
     RateLimiter,
     parse_retry_after,
 )
+from exporter.api.errors import ApiError, ErrorKind
+from exporter.api.records import Run, RunStatus
 from exporter.config import ApiConfig, Secret
-from exporter.model import Run, RunStatus
 
 API_KEY = "canary-key-123"
 BASE_URL = "https://api.test/api"

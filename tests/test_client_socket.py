@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from exporter.client import ApiError, CopyaiClient, ErrorKind
+from exporter.api.client import CopyaiClient
+from exporter.api.errors import ApiError, ErrorKind
 from exporter.config import ApiConfig, Secret
 
 API_KEY = "canary-key-123"

@@ -13,11 +13,13 @@ import pytest
 import requests
 import responses
 
-from exporter.client import ApiError, CopyaiClient
+from exporter.api.client import CopyaiClient
+from exporter.api.deliveries import parse_event
+from exporter.api.errors import ApiError
+from exporter.api.records import error_code, unwrap_success
 from exporter.config import ApiConfig, Secret, build_config
-from exporter.model import error_code, unwrap_success
-from exporter.server import HttpServer
-from exporter.webhooks import WebhookApp, parse_event
+from exporter.web.http import HttpServer
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import API_KEY, Samples, sample
 
 FIXTURES = Path(__file__).parent / "fixtures" / "api"

@@ -225,8 +225,8 @@ def test_counters_agree_with_the_simulators_ground_truth(sim, world, make):
 
 
 def test_order_detection_tolerates_timestamps_without_milliseconds():
-    from exporter.discovery import NEWEST_FIRST, OLDEST_FIRST, UNKNOWN, detect_order
-    from exporter.model import Run, RunStatus
+    from exporter.api.records import Run, RunStatus
+    from exporter.tracking.discovery import NEWEST_FIRST, OLDEST_FIRST, UNKNOWN, detect_order
 
     def page(*times):
         return [Run(f"WRUN-{i}", RunStatus.COMPLETE, t, None) for i, t in enumerate(times)]

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from exporter.api.records import Run
+from exporter.api.registration import WebhookRegistrar
 from exporter.config import WEBHOOK_EVENT_TYPES, Config, WebhookRegistration, build_config
-from exporter.model import MAX_SILENT_BACKOFF, Run
-from exporter.server import HttpServer
-from exporter.simulator import World
-from exporter.state import DUE_EARLY, RunKey, RunStore
-from exporter.webhooks import WebhookApp, WebhookRegistrar
+from exporter.sim.world import World
+from exporter.tracking.runs import DUE_EARLY, MAX_SILENT_BACKOFF, RunKey, RunStore
+from exporter.web.http import HttpServer
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import (
     API_KEY,
     FakeClock,

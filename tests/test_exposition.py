@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import CHUNK_BYTES, RunRenderer
-from exporter.model import Run, RunStatus
-from exporter.state import RunState
-from exporter.transport import make_session
+from exporter.api.records import Run, RunStatus
+from exporter.api.transport import make_session
+from exporter.metrics.exposition import CHUNK_BYTES, RunRenderer
+from exporter.tracking.runs import RunState
 
 
 def state(run_id: str, status: RunStatus | None, credits=None, created=100.0, ok=True):

@@ -34,7 +34,9 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.simulator import RunningSimulator, World, gzip_bomb
+from exporter.sim.faults import gzip_bomb
+from exporter.sim.http import RunningSimulator
+from exporter.sim.world import World
 from tests.conftest import (
     API_KEY,
     RunningExporter,

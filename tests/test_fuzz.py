@@ -35,7 +35,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.client import RunPage, Webhook, parse_run_page, parse_webhook_page
+from exporter.api.deliveries import WebhookError, WebhookEvent, parse_event
+from exporter.api.records import (
+    ID_PATTERN,
+    PayloadError,
+    Run,
+    RunPage,
+    RunStatus,
+    Webhook,
+    error_code,
+    parse_credits,
+    parse_run,
+    parse_run_page,
+    parse_timestamp,
+    parse_webhook_page,
+    unwrap_success,
+)
 from exporter.config import (
     WEBHOOK_EVENT_TYPES,
     Config,
@@ -45,19 +60,9 @@ from exporter.config import (
     build_config,
     parse_config,
 )
-from exporter.model import (
-    ID_PATTERN,
-    PayloadError,
-    Run,
-    RunStatus,
-    error_code,
-    parse_credits,
-    parse_run,
-    parse_timestamp,
-    unwrap_success,
-)
+from exporter.metrics.telemetry import REJECT_REASONS
 from exporter.runtime import Exporter
-from exporter.webhooks import REJECT_REASONS, WebhookApp, WebhookError, WebhookEvent, parse_event
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import make_config, wait_for
 from tests.test_cli import LISTENING, Process
 

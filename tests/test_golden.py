@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from exporter.api.deliveries import WebhookEvent
+from exporter.api.records import RunStatus
 from exporter.config import build_config
-from exporter.model import RunStatus
-from exporter.persistence import MemoryStore
 from exporter.runtime import Exporter
-from exporter.simulator import RunningSimulator, World
-from exporter.webhooks import WebhookEvent
+from exporter.sim.http import RunningSimulator
+from exporter.sim.world import World
+from exporter.tracking.persistence import MemoryStore
 from tests.conftest import API_KEY, FakeClock
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -8,10 +8,11 @@ import json
 import math
 from dataclasses import replace
 
+from exporter.api.records import ALL_STATUSES, RunStatus
 from exporter.config import Config, DiscoveryConfig
-from exporter.history import BASELINE, WATCHED, HistoryBook, TrackedRun, WorkflowHistory
-from exporter.model import ALL_STATUSES, RunStatus
-from exporter.persistence import MemoryStore, StateError
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.history import BASELINE, WATCHED, TrackedRun, WorkflowHistory
+from exporter.tracking.persistence import MemoryStore, StateError
 from tests.conftest import make_config
 
 S = RunStatus

@@ -26,15 +26,15 @@ import pytest
 import requests
 
 from benchmarks.harness import SlowClients
-from exporter.server import (
+from exporter.metrics.telemetry import CLIENT_ERROR_REASONS
+from exporter.web.connections import (
     BODY_DEADLINE_SECONDS,
     BUSY_DEADLINE_SECONDS,
-    CLIENT_ERROR_REASONS,
     HEADER_DEADLINE_SECONDS,
     ConnectionObserver,
-    HttpServer,
 )
-from exporter.webconfig import WebState
+from exporter.web.http import HttpServer
+from exporter.web.webconfig import WebState
 from tests.conftest import API_KEY, parse_samples, sample, wait_for
 from tests.test_cli import LISTENING, Process
 from tests.test_web_security import pki, tls_config, web_file  # noqa: F401 (pki: a fixture)
@@ -152,7 +152,7 @@ def closed_by_server(conn: socket.socket, within: float) -> bool:
 
 
 def server_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "exporter.server"]
+    return [r for r in caplog.records if r.name.startswith("exporter.web")]
 
 
 # --- the cap -----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_a_client_silent_in_its_tls_handshake_is_cut_when_another_waits(pki, tmp
 
 
 def test_a_client_trickling_its_headers_is_cut_at_the_header_deadline(serve, caplog, capfd):
-    caplog.set_level(logging.DEBUG, logger="exporter.server")
+    caplog.set_level(logging.DEBUG, logger="exporter.web")
     server, _, recorder = serve()
     request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 1000
     started = time.monotonic()
@@ -314,7 +314,7 @@ def test_a_webhook_body_trickled_in_is_cut_at_the_body_deadline(serve):
 
 
 def test_each_broken_client_is_one_debug_line_and_a_bug_one_error_record(serve, caplog, capfd):
-    caplog.set_level(logging.DEBUG, logger="exporter.server")
+    caplog.set_level(logging.DEBUG, logger="exporter.web")
     server, _, recorder = serve()
     assert get(server, "/").startswith(b"HTTP/1.0 200 OK")
     caplog.clear()
@@ -355,7 +355,7 @@ def test_each_broken_client_is_one_debug_line_and_a_bug_one_error_record(serve, 
 
 
 def test_broken_clients_are_summed_up_in_one_warning(serve, caplog):
-    caplog.set_level(logging.WARNING, logger="exporter.server")
+    caplog.set_level(logging.WARNING, logger="exporter.web")
     server, _, recorder = serve()
     for _ in range(3):
         with connect(server, b"\x16\x03\x01 not http\r\n\r\n") as conn:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from exporter.model import Run, RunStatus
-from exporter.server import HEADER_DEADLINE_SECONDS
+from exporter.api.records import Run, RunStatus
+from exporter.web.connections import HEADER_DEADLINE_SECONDS
 from tests.conftest import RunningExporter, make_config, parse_samples, sample, wait_for
 
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exporter.model import (
+from exporter.api.records import (
     ALL_STATUSES,
     TERMINAL_STATUSES,
     PayloadError,

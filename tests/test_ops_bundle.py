@@ -19,11 +19,14 @@ import pytest
 import requests
 import yaml
 
+from exporter.api.registration import WebhookRegistrar
 from exporter.config import WebhookRegistration, build_config
 from exporter.runtime import Exporter
-from exporter.server import ExporterApp, HttpServer, WebOptions
-from exporter.simulator import RunningSimulator, World
-from exporter.webhooks import WebhookApp, WebhookRegistrar
+from exporter.sim.http import RunningSimulator
+from exporter.sim.world import World
+from exporter.web.app import ExporterApp, WebOptions
+from exporter.web.http import HttpServer
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import API_KEY, parse_samples, require_tool, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

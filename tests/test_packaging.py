@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from exporter.cli import DEFAULT_PORT, build_parser
-from exporter.simulator import DEFAULT_API_KEY, demo_world
+from exporter.sim.scenarios import demo_world
+from exporter.sim.world import DEFAULT_API_KEY
 from tests.conftest import IN_CI, make_config, require_tool, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.history import HistoryBook
-from exporter.model import RunStatus
-from exporter.persistence import MemoryStore, SqliteStore, StateError
+from exporter.api.records import RunStatus
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.persistence import MemoryStore, SqliteStore, StateError
 from tests.conftest import API_KEY, Samples, make_config, parse_samples, sample, wait_for
 from tests.test_cli import LISTENING, Process, run_cli
 
@@ -142,7 +142,7 @@ def test_history_book_persists_and_restores_through_sqlite(tmp_path):
 
 WRITER = """
 import sys
-from exporter.persistence import SqliteStore
+from exporter.tracking.persistence import SqliteStore
 
 MAX_RUNS = 400
 store = SqliteStore(sys.argv[1])

@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from exporter.server import WebOptions, _gzipped
+from exporter.web.app import WebOptions, _gzipped
 from tests.conftest import (
     API_KEY,
     make_config,

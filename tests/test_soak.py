@@ -191,7 +191,7 @@ def test_a_thousand_reloads_leak_nothing(sim, world, start_exporter, tmp_path):
         holder["exporter"].apply_config(load_config_file(path, env=env))
         return True, "reloaded"
 
-    from exporter.server import WebOptions
+    from exporter.web.app import WebOptions
 
     running = start_exporter(
         load_config_file(path, env=env), options=WebOptions(enable_lifecycle=True), reload=reload

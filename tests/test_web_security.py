@@ -17,9 +17,10 @@ import pytest
 import requests
 
 from exporter.config import build_config
-from exporter.server import ExporterApp, HttpServer, WebOptions
-from exporter.webconfig import WebState
-from exporter.webhooks import WebhookApp
+from exporter.web.app import ExporterApp, WebOptions
+from exporter.web.http import HttpServer
+from exporter.web.webconfig import WebState
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import API_KEY, IN_CI, make_config
 
 PASSWORD = "s3cret-scrape-password"

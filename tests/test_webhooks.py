@@ -19,23 +19,23 @@ import pytest
 import requests
 
 from exporter import cli
-from exporter.config import WEBHOOK_EVENT_TYPES, Config, WebhookRegistration, build_config
-from exporter.logs import REDACTOR, LogfmtFormatter
-from exporter.model import RunStatus
-from exporter.server import HttpServer
-from exporter.simulator import World
-from exporter.webhooks import (
+from exporter.api.deliveries import (
     COMPLETED,
     CREDIT_LIMIT,
     FAILED,
-    REJECT_REASONS,
     STARTED,
-    WebhookApp,
     WebhookError,
     WebhookEvent,
-    WebhookRegistrar,
     parse_event,
 )
+from exporter.api.records import RunStatus
+from exporter.api.registration import WebhookRegistrar
+from exporter.config import WEBHOOK_EVENT_TYPES, Config, WebhookRegistration, build_config
+from exporter.logs import REDACTOR, LogfmtFormatter
+from exporter.metrics.telemetry import REJECT_REASONS
+from exporter.sim.world import World
+from exporter.web.http import HttpServer
+from exporter.web.webhooks import WebhookApp
 from tests.conftest import API_KEY, RunningExporter, Samples, sample, sim_stats, wait_for
 
 TOKEN = "whk-canary-3b9d0e7f51a2c468"
@@ -867,7 +867,7 @@ def exporter_records(caplog) -> list[logging.LogRecord]:
     return [
         r
         for r in caplog.records
-        if r.name.split(".")[0] == "exporter" and r.name != "exporter.simulator"
+        if r.name.split(".")[0] == "exporter" and not r.name.startswith("exporter.sim")
     ]
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from exporter.model import ID_PATTERN
+from exporter.api.records import ID_PATTERN
 
 
 class ConfigError(Exception):

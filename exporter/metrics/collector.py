@@ -31,9 +31,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.config import Config
-from exporter.exposition import CACHE_NOTE
-from exporter.history import HistoryBook, WorkflowSnapshot
-from exporter.state import RunStore
+from exporter.metrics.exposition import CACHE_NOTE
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.history import WorkflowSnapshot
+from exporter.tracking.runs import RunStore
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,22 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from exporter import __version__
-from exporter.client import ErrorKind
+from exporter.api.errors import ErrorKind
 from exporter.config import WEBHOOK_EVENT_TYPES
-from exporter.server import CLIENT_ERROR_REASONS
-from exporter.webhooks import REJECT_REASONS
 
+# the label values of the listeners' and the webhook receiver's own metrics
+CLIENT_ERROR_REASONS = ("timeout", "reset", "bad_request")
+REJECT_REASONS = (
+    "unauthorized",
+    "too_large",
+    "length_required",
+    "bad_json",
+    "bad_payload",
+    "unknown_event",
+    "unknown_workflow",
+    "method_not_allowed",
+    "not_found",
+)
 ENDPOINTS = ("get_run", "list_runs")  # the ones every exporter uses; pre-set to zero
 API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

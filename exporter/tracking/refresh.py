@@ -18,12 +18,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.client import ApiError, CopyaiClient, ErrorKind, RunPage
+from exporter.api.client import CopyaiClient
+from exporter.api.errors import ApiError, ErrorKind
+from exporter.api.records import Run, RunPage
 from exporter.config import Config, WorkflowConfig
-from exporter.discovery import DiscoveryCycle
-from exporter.history import HistoryBook
-from exporter.model import Run
-from exporter.state import ApiHealth, Batch, RunKey, RunStore, due_age
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.discovery import DiscoveryCycle
+from exporter.tracking.health import ApiHealth, Batch
+from exporter.tracking.runs import RunKey, RunStore, due_age
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,69 @@
-"""What the exporter knows: each configured run's last good record and fetch outcome,
-and whether the API has been answering.
+"""What the exporter knows of each configured run: its last good record and fetch
+outcome, and the rules for merging what arrives later (a run's end is final, a record
+without status reports none).
 
 State is written by fetch workers and read by scrapes at the same time, so every
-record is an immutable `RunState` replaced in one assignment under a lock.
-"""
+record is an immutable `RunState` replaced in one assignment under a lock."""
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from exporter.client import ApiError, ErrorKind
-from exporter.model import Run, RunStatus, merge_runs, silent_backoff
+from exporter.api.errors import ApiError
+from exporter.api.records import Run, RunStatus
+
+# A run whose answers carry no usable status is fetched again after 1, 2, 4, 8, then at
+# most this many refresh intervals (it cannot be told apart from a stuck run, and each
+# look costs an API call).
+MAX_SILENT_BACKOFF = 10
+
+
+def silent_backoff(silent_fetches: int) -> float:
+    """Refresh intervals to wait before fetching again a run whose last `silent_fetches`
+    answers in a row carried no usable status (missing or undocumented)."""
+    return float(min(MAX_SILENT_BACKOFF, 2 ** max(0, silent_fetches - 1)))
+
+
+def merge_runs(old: Run | None, new: Run) -> Run:
+    """What is known of a run after `new` arrived, given `old`.
+
+    - A run's end is final: once `old` is COMPLETE or FAILED, no later record moves it
+      (a late or repeated delivery, an API answer lagging behind its own webhook, a
+      record without status); the first end known wins.
+    - A record without status never replaces a known status.
+    - Fields `new` lacks keep their old values (a webhook without createdAt). A finished
+      run's credits are final too: a lagging record's partial credits never replace or
+      fill them.
+    """
+    if old is None:
+        return new
+    created_at = new.created_at if new.created_at is not None else old.created_at
+    if old.terminal:
+        credits = old.credits
+        if credits is None and (new.terminal or not new.reported):
+            credits = new.credits
+        if created_at == old.created_at and credits == old.credits:
+            return old  # unchanged: the same object (the renderer's cache keys on it)
+        return Run(old.run_id, old.status, created_at, credits, old.raw_status)
+    reported = new.reported
+    return Run(
+        run_id=new.run_id,
+        status=new.status if reported else old.status,
+        created_at=created_at,
+        credits=new.credits if new.credits is not None else old.credits,
+        raw_status=new.raw_status if reported else old.raw_status,
+    )
+
 
 log = logging.getLogger(__name__)
 
+
 RunKey = tuple[str, str]  # (workflow_id, run_id)
+
+
 DUE_EARLY = 0.1  # of the refresh interval: see due_age
 
 
@@ -170,88 +215,3 @@ class RunStore:
                 error.kind,
                 str(error),
             )
-
-
-class ApiHealth:
-    """Answers "can we talk to the API with this key?" (`copyai_up`) and "when was data
-    last refreshed without error?".
-
-    Outcomes are grouped in batches (the fetches one scrape started). Any answer from
-    the API sets up=1 at once; a refused key sets up=0 at once; a batch that ends with
-    no answer at all (only network errors and 5xx) sets up=0.
-    """
-
-    def __init__(self, wall_clock: Callable[[], float], clock: Callable[[], float]):
-        self._wall_clock = wall_clock
-        self._clock = clock
-        self._lock = threading.Lock()
-        self.up = 0
-        self.changed_at = 0.0  # wall time of the latest verdict, to share the newest one
-        self.last_successful_refresh: float | None = None
-        self.last_answer_at = -math.inf  # monotonic
-
-    def batch(self, size: int) -> Batch:
-        return Batch(self, size)
-
-    def _record(self, batch: Batch, error: ApiError | None) -> None:
-        with self._lock:
-            if error is None or error.api_answered:
-                batch.answered = True
-                self.last_answer_at = self._clock()
-                if not batch.refused:
-                    self.up = 1
-            if error is not None:
-                if error.kind == ErrorKind.UNAUTHORIZED:
-                    batch.refused = True
-                    self.up = 0
-                if error.kind in _REFRESH_ERRORS:
-                    batch.errors += 1
-            self._finish(batch)
-
-    def _release(self, batch: Batch) -> None:
-        with self._lock:
-            self._finish(batch)
-
-    def _finish(self, batch: Batch) -> None:
-        batch.pending -= 1
-        if batch.pending == 0:
-            if not batch.answered:
-                self.up = 0
-            if batch.errors == 0:
-                self.last_successful_refresh = self._wall_clock()
-            self.changed_at = self._wall_clock()
-
-
-# Errors that mean the refresh did not work, as opposed to an answer about one run.
-_REFRESH_ERRORS = frozenset(
-    {
-        ErrorKind.UNREACHABLE,
-        ErrorKind.UNAUTHORIZED,
-        ErrorKind.RATE_LIMITED,
-        ErrorKind.SERVER_ERROR,
-    }
-)
-
-
-class Batch:
-    __slots__ = ("answered", "errors", "health", "pending", "refused")
-
-    def __init__(self, health: ApiHealth, size: int):
-        self.health = health
-        self.pending = size
-        self.answered = False
-        self.refused = False
-        self.errors = 0
-
-    def add(self, count: int) -> None:
-        """More requests joined this batch (call before the joining task records)."""
-        with self.health._lock:
-            self.pending += count
-
-    def record(self, error: ApiError | None) -> None:
-        """One request of the batch finished: None if the API answered it."""
-        self.health._record(self, error)
-
-    def release(self) -> None:
-        """A slot that made no request of its own (a coordinator) is done."""
-        self.health._release(self)

@@ -7,8 +7,7 @@ tracked, but its creation and (unless we saw it active first) its end are not ev
 A run created after it is *watched*: its creation, retries and end are counted once
 each, even when it started and finished between two looks. Each run remembers what has
 been counted for it, so a run seen again (by polling, a listing or a webhook) is never
-counted twice. Decisions that need `createdAt` wait until it is known.
-"""
+counted twice. Decisions that need `createdAt` wait until it is known."""
 
 from __future__ import annotations
 
@@ -17,18 +16,18 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from exporter.config import Config, DiscoveryConfig
-from exporter.model import ALL_STATUSES, MAX_SILENT_BACKOFF, RunStatus, silent_backoff
-from exporter.persistence import Loaded, StateError, StateStore
+from exporter.api.records import ALL_STATUSES, RunStatus
+from exporter.config import DiscoveryConfig
+from exporter.tracking.runs import MAX_SILENT_BACKOFF, silent_backoff
 
 log = logging.getLogger(__name__)
 
+
 BASELINE, WATCHED = "baseline", "watched"
-MAX_ADOPTED_WORKFLOWS = 50
 
 
 @dataclass(slots=True)
@@ -620,179 +619,3 @@ class WorkflowHistory:
             if (run.fetch_ok, run.fetch_error) != (ok, error):
                 run.fetch_ok, run.fetch_error = ok, error
                 self.dirty_runs.add(run_id)
-
-
-class HistoryBook:
-    """The history of every configured workflow, and its persistence."""
-
-    def __init__(self, store: StateStore, wall_clock: Callable[[], float]):
-        self.store = store
-        self._wall_clock = wall_clock
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._histories: dict[str, WorkflowHistory] = {}
-        self.writer_lock = threading.RLock()  # one batch of changes committed at a time
-        self._buckets: tuple[float, ...] = ()
-        self._discovery: dict[str, DiscoveryConfig] = {}
-        self.backend_up = 1
-        self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
-        self._pending_deletes: list[str] = []  # workflows no longer configured
-        self._workspace_limit_count = 0  # credit-limit events that name no workflow
-        self._workspace_limit_at: float | None = None
-        self._loaded = store.load()  # StateError here stops the start, nothing is lost
-
-    def configure(self, config: Config) -> None:
-        """Follow the configured workflows: keep, restore or start each one's history."""
-        buckets = config.collector.duration_buckets_seconds
-        now = self._wall_clock()
-        self._buckets = tuple(buckets)
-        self._discovery = {w.id: w.discovery for w in config.workflows}
-        with self._lock:
-            current = self._histories
-            updated: dict[str, WorkflowHistory] = {}
-            for workflow in config.workflows:
-                history = current.get(workflow.id)
-                if history is None and workflow.id in self._loaded:
-                    meta, runs = self._loaded.pop(workflow.id)
-                    history = WorkflowHistory.restore(
-                        workflow.id, meta, runs, buckets, workflow.discovery
-                    )
-                    log.info(
-                        "restored history workflow_id=%s runs=%d watched_since=%s",
-                        workflow.id,
-                        len(history.runs),
-                        int(history.watch_start),
-                    )
-                elif history is None:
-                    history = WorkflowHistory(workflow.id, now, buckets, workflow.discovery)
-                else:
-                    history.discovery_config = workflow.discovery
-                    if history.buckets != tuple(buckets):
-                        with history.lock:
-                            history.buckets = tuple(buckets)
-                            history.bucket_hits = [0] * (len(buckets) + 1)
-                            history.duration_sum = 0.0
-                            history.meta_dirty = True
-                history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
-                updated[workflow.id] = history
-            for workflow_id in self._adopted - set(updated):
-                if workflow_id in current:
-                    updated[workflow_id] = current[workflow_id]
-            self._adopted &= set(updated)
-            removed = [wid for wid in current if wid not in updated]
-            self._histories = updated
-        if removed:
-            self._pending_deletes.extend(removed)  # written by the next flush
-
-    def get(self, workflow_id: str) -> WorkflowHistory | None:
-        with self._lock:
-            return self._histories.get(workflow_id)
-
-    def adopt(self, workflow_id: str, buckets: Iterable[float]) -> bool:
-        """Track a workflow that is not configured (webhooks.accept_unknown_workflows),
-        up to MAX_ADOPTED_WORKFLOWS so label cardinality stays bounded."""
-        with self._lock:
-            if workflow_id in self._histories:
-                return True
-            if len(self._adopted) >= MAX_ADOPTED_WORKFLOWS:
-                return False
-            self._adopted.add(workflow_id)
-            self._histories[workflow_id] = WorkflowHistory(workflow_id, self._wall_clock(), buckets)
-        log.info("tracking unconfigured workflow from webhooks workflow_id=%s", workflow_id)
-        return True
-
-    def adopted(self) -> set[str]:
-        with self._lock:
-            return set(self._adopted)
-
-    def workflow_of_run(self, run_id: str) -> str | None:
-        for history in self.all():
-            if history.known(run_id):
-                return history.workflow_id
-        return None
-
-    def all(self) -> list[WorkflowHistory]:
-        with self._lock:
-            return list(self._histories.values())
-
-    def apply_remote(
-        self,
-        workflow_id: str,
-        meta: dict[str, Any] | None,
-        runs: list[dict[str, Any]],
-        removed: list[str],
-    ) -> None:
-        """Mirror a change another replica committed (shared state)."""
-        with self._lock:
-            history = self._histories.get(workflow_id)
-            if history is None:
-                if meta is None or workflow_id not in self._discovery:
-                    return  # not ours to follow, or the meta arrives with a full load
-                history = WorkflowHistory.restore(
-                    workflow_id, meta, runs, self._buckets, self._discovery[workflow_id]
-                )
-                self._histories[workflow_id] = history
-                return
-        history.apply_remote(meta, runs, removed)
-
-    def reset_from(self, loaded: Loaded) -> None:
-        """Replace every followed workflow's history with the shared copy (a full sync)."""
-        with self._lock:
-            for workflow_id in list(self._histories):
-                if workflow_id in loaded:
-                    meta, runs = loaded[workflow_id]
-                    self._histories[workflow_id] = WorkflowHistory.restore(
-                        workflow_id,
-                        meta,
-                        runs,
-                        self._buckets,
-                        self._discovery.get(workflow_id),
-                    )
-
-    def workspace_credit_limit_reached(self, when: float) -> None:
-        with self._lock:
-            self._workspace_limit_count += 1
-            self._workspace_limit_at = max(self._workspace_limit_at or when, when)
-
-    def workspace_credit_limit(self) -> tuple[int, float | None]:
-        with self._lock:
-            return self._workspace_limit_count, self._workspace_limit_at
-
-    def flush(self) -> None:
-        """Write what changed since the last flush, all workflows in one transaction."""
-        with self.writer_lock, self._flush_lock:
-            histories = self.all()
-            if not self.store.persistent:
-                for history in histories:  # nothing keeps it: do not build the records
-                    history.discard_changes()
-                return
-            changes = []
-            for history in histories:
-                meta, runs, removed = history.take_changes()
-                if meta is not None or runs or removed:
-                    changes.append((history.workflow_id, meta, runs, removed))
-            if self._pending_deletes and self._write(
-                lambda: self.store.delete_workflows(self._pending_deletes)
-            ):
-                self._pending_deletes = []
-            if changes and not self._write(lambda: self.store.save(changes)):
-                removed_by = {workflow_id: removed for workflow_id, _, _, removed in changes}
-                for history in histories:  # written next time instead
-                    history.requeue(removed_by.get(history.workflow_id, []))
-
-    def _write(self, action: Callable[[], None]) -> bool:
-        try:
-            action()
-        except StateError as exc:
-            if self.backend_up:
-                log.error("state not saved (kept in memory, retried on the next flush): %s", exc)
-            self.backend_up = 0
-            return False
-        if not self.backend_up:
-            log.info("state saved again")
-        self.backend_up = 1
-        return True
-
-    def close(self) -> None:
-        self.flush()
-        self.store.close()

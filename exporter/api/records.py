@@ -1,10 +1,10 @@
-"""Runs as the exporter understands them, and the tolerant parsing of Copy.ai payloads.
+"""What the Copy.ai API answers, as the exporter understands it: runs, statuses, run
+list pages and webhook registrations, with the tolerant parsing of their payloads.
 
 The public API docs disagree with themselves about types (credits as int or string,
 timestamps with or without milliseconds, metadata null or missing, runs without a
-status), so everything here accepts every documented variant and turns anything
-else into a `PayloadError` instead of a crash.
-"""
+status, totals as strings), so everything here accepts every documented variant and
+turns anything else into a `PayloadError` instead of a crash."""
 
 from __future__ import annotations
 
@@ -48,21 +48,14 @@ class RunStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETE, RunStatus.FAILED})
+
+
 ACTIVE_STATUSES = frozenset(
     {RunStatus.NEW, RunStatus.WAITING, RunStatus.PROCESSING, RunStatus.RETRYING}
 )
+
+
 ALL_STATUSES: tuple[RunStatus, ...] = tuple(RunStatus)
-
-# A run whose answers carry no usable status is fetched again after 1, 2, 4, 8, then at
-# most this many refresh intervals (it cannot be told apart from a stuck run, and each
-# look costs an API call).
-MAX_SILENT_BACKOFF = 10
-
-
-def silent_backoff(silent_fetches: int) -> float:
-    """Refresh intervals to wait before fetching again a run whose last `silent_fetches`
-    answers in a row carried no usable status (missing or undocumented)."""
-    return float(min(MAX_SILENT_BACKOFF, 2 ** max(0, silent_fetches - 1)))
 
 
 # An ID goes into a URL path and a label value, so it must be a plain token.
@@ -92,37 +85,6 @@ class Run:
         """False for a record that carried no status at all: it says nothing about the
         run's status (an undocumented status string is reported, as UNKNOWN)."""
         return self.raw_status is not None or self.status is not RunStatus.UNKNOWN
-
-
-def merge_runs(old: Run | None, new: Run) -> Run:
-    """What is known of a run after `new` arrived, given `old`.
-
-    - A run's end is final: once `old` is COMPLETE or FAILED, no later record moves it
-      (a late or repeated delivery, an API answer lagging behind its own webhook, a
-      record without status); the first end known wins.
-    - A record without status never replaces a known status.
-    - Fields `new` lacks keep their old values (a webhook without createdAt). A finished
-      run's credits are final too: a lagging record's partial credits never replace or
-      fill them.
-    """
-    if old is None:
-        return new
-    created_at = new.created_at if new.created_at is not None else old.created_at
-    if old.terminal:
-        credits = old.credits
-        if credits is None and (new.terminal or not new.reported):
-            credits = new.credits
-        if created_at == old.created_at and credits == old.credits:
-            return old  # unchanged: the same object (the renderer's cache keys on it)
-        return Run(old.run_id, old.status, created_at, credits, old.raw_status)
-    reported = new.reported
-    return Run(
-        run_id=new.run_id,
-        status=new.status if reported else old.status,
-        created_at=created_at,
-        credits=new.credits if new.credits is not None else old.credits,
-        raw_status=new.raw_status if reported else old.raw_status,
-    )
 
 
 def parse_credits(value: object) -> float | None:
@@ -211,3 +173,81 @@ def error_code(body: object) -> str | None:
         if isinstance(code, str) and ID_PATTERN.fullmatch(code):
             return code
     return None
+
+
+MAX_TOTAL = 10**12  # a run list total beyond this is a broken answer, not a workflow
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only (str.isdigit() accepts '²'), fits int64
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of the list endpoint."""
+
+    total: int
+    runs: tuple[Run, ...]
+    invalid_items: int
+
+
+def parse_run_page(data: object) -> RunPage:
+    if not isinstance(data, Mapping):
+        raise PayloadError("run list data is not an object")
+    total = data.get("total")
+    if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
+        total = int(total.strip())
+    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_TOTAL:
+        raise PayloadError("run list total is not a plausible non-negative integer")
+    items = data.get("data")
+    if not isinstance(items, list):
+        raise PayloadError("run list has no data array")
+    runs: list[Run] = []
+    invalid = 0
+    for item in items:
+        try:
+            runs.append(parse_run(item))
+        except PayloadError:
+            invalid += 1
+    return RunPage(total=total, runs=tuple(runs), invalid_items=invalid)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: str
+    url: str
+    event_type: str
+    workflow_id: str | None
+
+
+def parse_webhook(data: object) -> Webhook:
+    if not isinstance(data, Mapping):
+        raise PayloadError("webhook is not an object")
+    webhook_id, url = data.get("id"), data.get("url")
+    event_type, workflow_id = data.get("eventType"), data.get("workflowId")
+    if not isinstance(webhook_id, str) or not isinstance(url, str):
+        raise PayloadError("webhook has no id or url")
+    if not isinstance(event_type, str):
+        raise PayloadError("webhook has no eventType")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise PayloadError("webhook workflowId is not a string")
+    # a workspace-wide registration is echoed with workflowId null or "": one meaning
+    return Webhook(webhook_id, url, event_type, workflow_id or None)
+
+
+def parse_webhook_page(data: object) -> tuple[int, list[Webhook]]:
+    if isinstance(data, Mapping) and data.get("status") == "success":
+        data = data.get("data")  # tolerate the usual envelope too
+    if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+        raise PayloadError("webhook list has no data array")
+    total = data.get("total")
+    if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
+        total = int(total.strip())
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise PayloadError("webhook list total is not an integer")
+    hooks = []
+    for item in data["data"]:
+        try:
+            hooks.append(parse_webhook(item))
+        except PayloadError:
+            continue
+    return total, hooks

@@ -22,8 +22,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 
-from exporter.model import ALL_STATUSES
-from exporter.state import RunState
+from exporter.api.records import ALL_STATUSES
+from exporter.tracking.runs import RunState
 
 CHUNK_BYTES = 256 * 1024
 CACHE_NOTE = "Active runs are cached for up to collector.refresh_interval_seconds."

@@ -20,10 +20,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from exporter.client import ApiError, RunPage
+from exporter.api.errors import ApiError
+from exporter.api.records import Run, RunPage
 from exporter.config import WorkflowConfig
-from exporter.history import WorkflowHistory
-from exporter.model import Run
+from exporter.tracking.history import WorkflowHistory
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,7 @@ limit, bounded response bodies, and redirects that never carry the key off-host.
 
 Nothing here knows about Prometheus: request outcomes are reported to a
 `RequestObserver`, failures are raised as `ApiError` with a `kind` the collector maps
-onto metrics.
-"""
+onto metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode, urljoin
 
@@ -27,66 +25,51 @@ import urllib3.exceptions
 from urllib3.util import parse_url
 
 from exporter import __version__
+from exporter.api.errors import ApiError, ErrorKind
+from exporter.api.records import (
+    _DIGITS,
+    PayloadError,
+    Run,
+    RunPage,
+    Webhook,
+    error_code,
+    parse_run,
+    parse_run_page,
+    parse_webhook,
+    parse_webhook_page,
+    unwrap_success,
+)
+from exporter.api.transport import deadline as watched
+from exporter.api.transport import make_session
 from exporter.config import ApiConfig
-from exporter.model import PayloadError, Run, error_code, parse_run, unwrap_success
-from exporter.transport import deadline as watched
-from exporter.transport import make_session
 
 log = logging.getLogger(__name__)
+
+
 _T = TypeVar("_T")
 
+
 API_KEY_HEADER = "x-copy-ai-api-key"
+
+
 MAX_REDIRECTS = 3
+
+
 BACKOFF_BASE_SECONDS = 0.5
+
+
 BACKOFF_CAP_SECONDS = 10.0
+
+
 # A Retry-After longer than this is not waited out inside one fetch: the limiter keeps
 # every request back until then and fetches fail fast as rate limited.
 MAX_INLINE_RETRY_AFTER_SECONDS = 30.0
+
+
 MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
 READ_CHUNK_BYTES = 16 * 1024
-MAX_TOTAL = 10**12  # a run list total beyond this is a broken answer, not a workflow
-_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only (str.isdigit() accepts '²'), fits int64
-
-
-class ErrorKind:
-    UNREACHABLE = "unreachable"  # no answer: refused, reset, DNS, timeout
-    UNAUTHORIZED = "unauthorized"  # 401/403: the key was refused
-    RATE_LIMITED = "rate_limited"  # 429, or held back by our own limiter after one
-    NOT_FOUND = "not_found"  # 404 for this run
-    CLIENT_ERROR = "client_error"  # other 4xx for this request
-    SERVER_ERROR = "server_error"  # 5xx after retries
-    BAD_RESPONSE = "bad_response"  # an answer we cannot use: bad JSON, wrong shape, redirect
-    TOO_LARGE = "too_large"  # body over the configured cap
-
-    ALL = (
-        UNREACHABLE,
-        UNAUTHORIZED,
-        RATE_LIMITED,
-        NOT_FOUND,
-        CLIENT_ERROR,
-        SERVER_ERROR,
-        BAD_RESPONSE,
-        TOO_LARGE,
-    )
-
-
-class ApiError(Exception):
-    """A request to the API failed; `kind` is one of `ErrorKind`."""
-
-    def __init__(self, kind: str, message: str, status: int | None = None):
-        self.kind = kind
-        self.status = status
-        super().__init__(message)
-
-    @property
-    def api_answered(self) -> bool:
-        """True if the API itself answered: reachable, and the key was not refused."""
-        return self.status is not None and self.status < 500 and self.status not in (401, 403)
-
-    @property
-    def signature(self) -> str:
-        """Stable text for "has this error changed?" (log once per change)."""
-        return f"{self.kind}:{self.status}" if self.status else self.kind
 
 
 class RequestObserver(Protocol):
@@ -103,15 +86,6 @@ class _NullObserver:
 
     def observe_error(self, endpoint: str, kind: str) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class RunPage:
-    """One page of the list endpoint."""
-
-    total: int
-    runs: tuple[Run, ...]
-    invalid_items: int
 
 
 class RateLimiter:
@@ -504,69 +478,6 @@ class _RetryableError(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Webhook:
-    id: str
-    url: str
-    event_type: str
-    workflow_id: str | None
-
-
-def parse_webhook(data: object) -> Webhook:
-    if not isinstance(data, Mapping):
-        raise PayloadError("webhook is not an object")
-    webhook_id, url = data.get("id"), data.get("url")
-    event_type, workflow_id = data.get("eventType"), data.get("workflowId")
-    if not isinstance(webhook_id, str) or not isinstance(url, str):
-        raise PayloadError("webhook has no id or url")
-    if not isinstance(event_type, str):
-        raise PayloadError("webhook has no eventType")
-    if workflow_id is not None and not isinstance(workflow_id, str):
-        raise PayloadError("webhook workflowId is not a string")
-    # a workspace-wide registration is echoed with workflowId null or "": one meaning
-    return Webhook(webhook_id, url, event_type, workflow_id or None)
-
-
-def parse_webhook_page(data: object) -> tuple[int, list[Webhook]]:
-    if isinstance(data, Mapping) and data.get("status") == "success":
-        data = data.get("data")  # tolerate the usual envelope too
-    if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
-        raise PayloadError("webhook list has no data array")
-    total = data.get("total")
-    if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
-        total = int(total.strip())
-    if isinstance(total, bool) or not isinstance(total, int):
-        raise PayloadError("webhook list total is not an integer")
-    hooks = []
-    for item in data["data"]:
-        try:
-            hooks.append(parse_webhook(item))
-        except PayloadError:
-            continue
-    return total, hooks
-
-
-def parse_run_page(data: object) -> RunPage:
-    if not isinstance(data, Mapping):
-        raise PayloadError("run list data is not an object")
-    total = data.get("total")
-    if isinstance(total, str) and _DIGITS.fullmatch(total.strip()):
-        total = int(total.strip())
-    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_TOTAL:
-        raise PayloadError("run list total is not a plausible non-negative integer")
-    items = data.get("data")
-    if not isinstance(items, list):
-        raise PayloadError("run list has no data array")
-    runs: list[Run] = []
-    invalid = 0
-    for item in items:
-        try:
-            runs.append(parse_run(item))
-        except PayloadError:
-            invalid += 1
-    return RunPage(total=total, runs=tuple(runs), invalid_items=invalid)
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
