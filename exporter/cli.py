@@ -15,14 +15,14 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.api.registration import WebhookRegistrar
 from exporter.config import Config, ConfigError, build_config, load_config_file
-from exporter.logs import FORMATS, LEVELS, REDACTOR, setup_logging
-from exporter.runtime import Exporter
+from exporter.logs import FORMATS, LEVELS, setup_logging
+from exporter.runtime import Exporter, protect_secrets
 from exporter.sim.command import add_arguments as add_simulator_arguments
 from exporter.sim.command import run_from_args as run_simulator
 from exporter.sim.http import RunningSimulator
@@ -204,34 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_OK
 
-    def reload() -> tuple[bool, str]:
-        try:
-            new = load_config_file(args.config_file)
-            web.reload()  # certificates and users rotate without a restart
-        except ConfigError as exc:
-            log.error("configuration reload failed; keeping the running one\n%s", exc.render())
-            exporter.config_failed()
-            return False, exc.render()
-        except Exception:  # a bug must not take the running exporter down with it
-            log.exception("configuration reload failed unexpectedly; keeping the running one")
-            exporter.config_failed()
-            return False, "configuration reload failed; see the exporter's log"
-        _redact_secrets(new)
-        if (new.webhooks is None) != (exporter.config.webhooks is None) or (
-            new.webhooks
-            and exporter.config.webhooks
-            and new.webhooks.listen_address != exporter.config.webhooks.listen_address
-        ):
-            log.warning("webhooks.listen_address changes take effect at the next restart")
-        exporter.apply_config(new)
-        return True, "configuration reloaded"
-
     try:
         exporter = Exporter(config)
     except StateError as exc:
         log.error("%s (move the file away to start with empty history)", exc)
         return EXIT_FAILURE
-    return _serve(args, exporter, reload, web)
+    return _serve(args, exporter, lambda: exporter.reload(args.config_file, web.reload), web)
 
 
 def _load(path: str) -> Config | None:
@@ -240,30 +218,23 @@ def _load(path: str) -> Config | None:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return None
-    _redact_secrets(config)
+    protect_secrets(config)
     return config
 
 
-def _redact_secrets(config: Config) -> None:
-    REDACTOR.add(config.api.api_key.reveal())
-    if config.webhooks is not None:
-        REDACTOR.add(config.webhooks.token.reveal())
-
-
-def _serve(args: argparse.Namespace, exporter: Exporter, reload, web: WebState) -> int:
-    lock = threading.Lock()
-
-    def locked_reload() -> tuple[bool, str]:
-        with lock:
-            return reload()
-
+def _serve(
+    args: argparse.Namespace,
+    exporter: Exporter,
+    reload: Callable[[], tuple[bool, str]],
+    web: WebState,
+) -> int:
     options = WebOptions(
         telemetry_path=args.telemetry_path,
         enable_lifecycle=args.enable_lifecycle,
         default_scrape_timeout=args.default_timeout,
         scrape_timeout_offset=args.timeout_offset,
     )
-    app = ExporterApp(exporter, options, locked_reload)
+    app = ExporterApp(exporter, options, reload)
     servers: list[HttpServer] = []
     webhooks = exporter.config.webhooks
     limits = {"max_connections": args.max_connections, "observer": exporter.telemetry}
@@ -307,7 +278,7 @@ def _serve(args: argparse.Namespace, exporter: Exporter, reload, web: WebState) 
         request = signals.requests.get()
         if request == "reload":
             log.info("SIGHUP received; reloading configuration")
-            locked_reload()
+            reload()
         elif request == "stop":
             break
     log.info("shutting down")

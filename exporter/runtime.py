@@ -3,36 +3,45 @@ safely on reload, and asked by the HTTP server to refresh before each scrape."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.api.client import CopyaiClient
-from exporter.api.deliveries import CREDIT_LIMIT, WebhookEvent
-from exporter.api.records import Run, RunStatus
-from exporter.config import Config
+from exporter.api.deliveries import WebhookEvent
+from exporter.api.records import Run
+from exporter.config import Config, ConfigError, load_config_file
+from exporter.logs import REDACTOR
 from exporter.metrics.collector import CopyaiCollector, HealthView, View
 from exporter.metrics.exposition import RunRenderer
 from exporter.metrics.telemetry import Telemetry
 from exporter.replication.backend import RedisBackend, SharedRateLimiter
 from exporter.replication.coordinator import Coordinator, RedisStore
-from exporter.replication.work import SharedRefresher
+from exporter.replication.work import RedisReplication
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.health import ApiHealth
-from exporter.tracking.persistence import Loaded, MemoryStore, SqliteStore, StateStore
-from exporter.tracking.refresh import Refresher, RefreshReport
+from exporter.tracking.observations import Applier, Delivered
+from exporter.tracking.persistence import MemoryStore, SqliteStore, StateStore
+from exporter.tracking.refresh import Refresher, RefreshReport, Replication, Standalone
 from exporter.tracking.runs import RunState, RunStore
 
 log = logging.getLogger(__name__)
+
+
+def protect_secrets(config: Config) -> None:
+    """Every secret of a loaded config joins the log redaction (never logged, even in a
+    traceback)."""
+    REDACTOR.add(config.api.api_key.reveal())
+    if config.webhooks is not None:
+        REDACTOR.add(config.webhooks.token.reveal())
 
 
 def open_state_store(config: Config) -> StateStore:
@@ -77,44 +86,48 @@ class Exporter:
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
         self.store = run_store if run_store is not None else RunStore()
         self.store.sync(config.run_keys())
-        self._writer_lock = threading.RLock()  # one writer of history at a time
+        # Lock order (CODING.md): the reload lock, then self._lock, then the writer
+        # lock, then a workflow history's lock, then the book's and the store's own.
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._writer_lock = threading.RLock()  # one writer of workflow history at a time
         self.coordinator: Coordinator | None = None
         self._backend: RedisBackend | None = None
         if state_store is None and config.state.backend == "redis":
-            state_store = self._start_shared(config)
-        self.book = HistoryBook(state_store or open_state_store(config), wall_clock)
-        self.book.writer_lock = self._writer_lock
+            state_store = self._redis_store(config)
+        self.book = HistoryBook(
+            state_store or open_state_store(config), wall_clock, writer_lock=self._writer_lock
+        )
         self.book.configure(config)
         self._seed_configured_runs(config)
         self.config = config
+        self.applier = Applier(
+            self.book,
+            self.store,
+            clock=clock,
+            accept_unknown_workflows=lambda: bool(
+                self.config.webhooks and self.config.webhooks.accept_unknown_workflows
+            ),
+        )
+        self.replication: Replication = Standalone(self.applier)
+        if self.coordinator is not None and self._backend is not None:
+            self.replication = RedisReplication(self._backend, self.coordinator)
+            self.coordinator.start(self.book, self.store, self.applier)
         self._client = self._make_client(config)
         self._refresher = self._make_refresher(config, self._client)
         self._scrape_duration = 0.0
         self._renderer = RunRenderer()
-        self.registry.register(CopyaiCollector(self.view, wall_clock=wall_clock))
+        self.registry.register(CopyaiCollector(self.view))
         self.telemetry.config_loaded(True, wall_clock())
-        if self.coordinator is not None:
-            self.coordinator.start()
 
-    # --- several replicas through Redis ----------------------------------------------
-
-    def _start_shared(self, config: Config) -> StateStore:
+    def _redis_store(self, config: Config) -> StateStore:
+        """Several replicas through Redis: the store the book reads is the coordinator's."""
         assert config.state.redis is not None
         self._backend = RedisBackend(config.state.redis)
         self.coordinator = Coordinator(
             self._backend,
             config.state.redis.lease_seconds,
-            apply=self._apply_observation,
-            mirror=self._mirror,
-            reload=self._reload_shared,
-            flush=lambda: self.book.flush(),  # noqa: PLW0108 - the book comes later
-            mark_all_dirty=lambda: [h.mark_dirty() for h in self.book.all()],
+            health=self.health,
             writer_lock=self._writer_lock,
-            health=lambda: (
-                self.health.up,
-                self.health.changed_at,
-                self.health.last_successful_refresh,
-            ),
         )
         log.info(
             "state is shared through Redis replica=%s prefix=%s",
@@ -122,81 +135,6 @@ class Exporter:
             config.state.redis.key_prefix,
         )
         return RedisStore(self._backend, self.coordinator)
-
-    def _apply_observation(self, observation: dict[str, Any]) -> None:
-        """On the leader: what a replica learnt, applied to the history it writes."""
-        kind = observation.get("t")
-        workflow_id = observation.get("wf")
-        when = float(observation.get("when") or self._wall_clock())
-        if kind == "webhook":
-            fields = dict(observation["event"])
-            if fields.get("status") is not None:
-                fields["status"] = RunStatus.parse(fields["status"])
-            self._apply_webhook_locally(WebhookEvent(**fields), when)
-            return
-        history = self.book.get(workflow_id) if isinstance(workflow_id, str) else None
-        run_id = observation.get("run_id")
-        if history is None or not isinstance(run_id, str):
-            return
-        if kind == "run":
-            status = observation.get("status")
-            pinned = bool(observation.get("pinned"))
-            history.observe(
-                run_id,
-                when=when,
-                status=RunStatus.parse(status) if status is not None else None,
-                # observations from replicas of an older version lack these two
-                reported=bool(observation.get("reported", True)),
-                fetched=bool(observation.get("fetched", False)),
-                created_at=observation.get("created_at"),
-                credits=observation.get("credits"),
-                pinned=pinned,
-            )
-            if pinned:
-                history.note_fetch(run_id, True, None, when)
-        elif kind == "fetch_failed":
-            history.note_fetch(run_id, False, observation.get("error"), when)
-        elif kind == "touch":
-            history.touch(run_id, when)
-        elif kind == "drop":
-            history.drop(run_id)
-
-    def _mirror(
-        self,
-        workflow_id: str,
-        meta: dict[str, Any] | None,
-        runs: list[dict[str, Any]],
-        removed: list[str],
-    ) -> None:
-        """A change the leader committed: into this replica's history (the leader's own
-        history is already current) and into the listed runs' per-run series."""
-        if self.coordinator is None or not self.coordinator.is_leader:
-            self.book.apply_remote(workflow_id, meta, runs, removed)
-        for record in runs:
-            if record.get("pinned"):
-                self._mirror_listed(workflow_id, record)
-
-    def _mirror_listed(self, workflow_id: str, record: dict[str, Any]) -> None:
-        status = record.get("status")
-        run = None
-        if status is not None:
-            run = Run(
-                run_id=record["run_id"],
-                status=RunStatus.parse(status),
-                created_at=record.get("created_at"),
-                credits=record.get("credits"),
-                raw_status=status,
-            )
-        self.store.mirror(
-            (workflow_id, record["run_id"]), run, record.get("fetch_ok"), record.get("fetch_error")
-        )
-
-    def _reload_shared(self, loaded: Loaded) -> None:
-        self.book.reset_from(loaded)
-        for workflow_id, (_meta, runs) in loaded.items():
-            for record in runs:
-                if record.get("pinned"):
-                    self._mirror_listed(workflow_id, record)
 
     def _make_client(self, config: Config) -> CopyaiClient:
         return CopyaiClient(
@@ -215,11 +153,17 @@ class Exporter:
         )
 
     def _make_refresher(self, config: Config, client: CopyaiClient) -> Refresher:
-        args = (config, client, self.store, self.health, self.book)
-        clocks = {"clock": self._clock, "wall_clock": self._wall_clock}
-        if self.coordinator is not None:
-            return SharedRefresher(*args, **clocks, coordinator=self.coordinator)
-        return Refresher(*args, **clocks)
+        return Refresher(
+            config,
+            client,
+            self.store,
+            self.health,
+            self.book,
+            applier=self.applier,
+            replication=self.replication,
+            clock=self._clock,
+            wall_clock=self._wall_clock,
+        )
 
     def _seed_configured_runs(self, config: Config) -> None:
         """Configured runs known from persisted history (finished ones above all) need
@@ -273,6 +217,7 @@ class Exporter:
                 yield RunState(workflow.id, tracked.run_id, run=run)
 
     def view(self) -> View:
+        """A consistent picture for one scrape."""
         coordinator = self.coordinator
         if coordinator is None:
             health = HealthView(self.health.up, self.health.last_successful_refresh)
@@ -313,6 +258,38 @@ class Exporter:
                 report.waited,
             )
         return report
+
+    def reload(
+        self,
+        path: str | os.PathLike[str],
+        also: Callable[[], None] = lambda: None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[bool, str]:
+        """Read the config file at `path` again (and whatever `also` reloads: the web
+        config) and switch to it. A config with problems changes nothing: they are
+        logged, copyai_config_last_reload_successful goes to 0, and (False, the problems)
+        is returned; SIGHUP and /-/reload both come here."""
+        with self._reload_lock:
+            try:
+                new = load_config_file(path, env=env)
+                also()  # certificates and users rotate without a restart
+            except ConfigError as exc:
+                log.error("configuration reload failed; keeping the running one\n%s", exc.render())
+                self.config_failed()
+                return False, exc.render()
+            except Exception:  # a bug must not take the running exporter down with it
+                log.exception("configuration reload failed unexpectedly; keeping the running one")
+                self.config_failed()
+                return False, "configuration reload failed; see the exporter's log"
+            protect_secrets(new)
+            old = self.config.webhooks
+            if (new.webhooks is None) != (old is None) or (
+                new.webhooks and old and new.webhooks.listen_address != old.listen_address
+            ):
+                log.warning("webhooks.listen_address changes take effect at the next restart")
+            self.apply_config(new)
+            return True, "configuration reloaded"
 
     def apply_config(self, config: Config) -> None:
         """Switch to a new, already validated config. Runs still configured keep what is
@@ -358,51 +335,14 @@ class Exporter:
         return self.book.workflow_of_run(run_id)
 
     def adopt_workflow(self, workflow_id: str) -> bool:
-        return self.book.adopt(workflow_id, self.config.collector.duration_buckets_seconds)
+        return self.book.adopt(workflow_id)
 
     def apply_webhook(self, event: WebhookEvent) -> None:
         """A delivery updates state at once; polling still reconciles it later. With
         shared state it goes to the leader (StateError if Redis cannot take it)."""
-        when = self._wall_clock()
-        if self.coordinator is not None:
-            self.coordinator.submit(
-                [{"t": "webhook", "event": dataclasses.asdict(event), "when": when}]
-            )
-            return
-        self._apply_webhook_locally(event, when)
-
-    def _apply_webhook_locally(self, event: WebhookEvent, when: float) -> None:
-        if event.workflow_id and self.book.get(event.workflow_id) is None:
-            webhooks = self.config.webhooks
-            if webhooks is not None and webhooks.accept_unknown_workflows:
-                self.adopt_workflow(event.workflow_id)
-        history = self.book.get(event.workflow_id) if event.workflow_id else None
-        if event.event_type == CREDIT_LIMIT:
-            if history is not None:
-                history.credit_limit_reached(when)
-            else:
-                self.book.workspace_credit_limit_reached(when)
-        elif history is not None and event.run_id is not None:
-            key = (history.workflow_id, event.run_id)
-            configured = self.store.get(key) is not None
-            history.observe(
-                event.run_id,
-                when=when,
-                status=event.status,
-                created_at=event.created_at,
-                credits=event.credits,
-                pinned=configured,
-            )
-            if configured and event.status is not None:
-                run = Run(
-                    run_id=event.run_id,
-                    status=event.status,
-                    created_at=event.created_at,
-                    credits=event.credits,
-                    raw_status=event.status.value,
-                )
-                self.store.record_observation(key, run, self._clock())
-        self.book.flush()
+        self.replication.submit(Delivered(event, self._wall_clock()))
+        if self.coordinator is None:
+            self.book.flush()
 
     def webhook_rejected(self, reason: str) -> None:
         self.telemetry.webhook_rejected.labels(reason).inc()

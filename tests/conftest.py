@@ -144,14 +144,24 @@ def start_exporter() -> Iterator[Callable[..., RunningExporter]]:
     def start(
         config: Config,
         options: WebOptions | None = None,
-        reload: Callable[[], tuple[bool, str]] | None = None,
+        *,
+        config_file: Path | None = None,
         **exporter_kwargs,
     ) -> RunningExporter:
+        """An exporter served on loopback; with `config_file`, /-/reload re-reads it
+        (with the test's API key) through the runtime's own reload."""
         exporter = Exporter(config, **exporter_kwargs)
+        env = {"COPYAI_API_KEY": config.api.api_key.reveal()}
+
+        def reload() -> tuple[bool, str]:
+            if config_file is None:
+                return True, "fixed configuration"
+            return exporter.reload(config_file, env=env)
+
         app = ExporterApp(
             exporter,
             options or WebOptions(),
-            reload or (lambda: (True, "ok")),
+            reload,
             # the scrape deadline on the exporter's own clock (a FakeClock in some tests)
             clock=exporter_kwargs.get("clock", time.monotonic),
         )

@@ -167,25 +167,15 @@ def test_reload_endpoint_applies_a_new_config_and_refuses_a_broken_one(
             f"workflows:\n  - id: WCFG-test\n    runs: [{', '.join(run_ids)}]\n"
         )
 
-    from exporter.config import ConfigError, load_config_file
+    from exporter.config import load_config_file
 
     write(runs)
     env = {"COPYAI_API_KEY": API_KEY}
-    holder = {}
-
-    def reload():
-        try:
-            new = load_config_file(path, env=env)
-        except ConfigError as exc:
-            holder["exporter"].config_failed()
-            return False, exc.render()
-        holder["exporter"].apply_config(new)
-        return True, "reloaded"
-
     running = start_exporter(
-        load_config_file(path, env=env), options=WebOptions(enable_lifecycle=True), reload=reload
+        load_config_file(path, env=env),
+        options=WebOptions(enable_lifecycle=True),
+        config_file=path,
     )
-    holder["exporter"] = running.exporter
     assert {
         s["run_id"] for s in names(running.scrape(), "copyai_workflow_run_fetch_success")
     } == set(runs)

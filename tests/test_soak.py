@@ -185,18 +185,13 @@ def test_a_thousand_reloads_leak_nothing(sim, world, start_exporter, tmp_path):
 
     env = {"COPYAI_API_KEY": API_KEY}
     write(6)
-    holder: dict = {}
-
-    def reload():
-        holder["exporter"].apply_config(load_config_file(path, env=env))
-        return True, "reloaded"
-
     from exporter.web.app import WebOptions
 
     running = start_exporter(
-        load_config_file(path, env=env), options=WebOptions(enable_lifecycle=True), reload=reload
+        load_config_file(path, env=env),
+        options=WebOptions(enable_lifecycle=True),
+        config_file=path,
     )
-    holder["exporter"] = running.exporter
     session = requests.Session()
 
     def cycle(n: int) -> None:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from exporter import cli
 from exporter.api.deliveries import (
     COMPLETED,
     CREDIT_LIMIT,
@@ -33,6 +32,7 @@ from exporter.api.registration import WebhookRegistrar
 from exporter.config import WEBHOOK_EVENT_TYPES, Config, WebhookRegistration, build_config
 from exporter.logs import REDACTOR, LogfmtFormatter
 from exporter.metrics.telemetry import REJECT_REASONS
+from exporter.runtime import protect_secrets
 from exporter.sim.world import World
 from exporter.web.http import HttpServer
 from exporter.web.webhooks import WebhookApp
@@ -889,7 +889,7 @@ def test_token_never_appears_in_formatted_log_output(sim, world, start_receiver,
     caplog.set_level(logging.DEBUG)
     run_id = add_processing_run(world)
     config = hook_config(sim, {WF: [run_id]}, max_body_bytes=1024)
-    cli._redact_secrets(config)
+    protect_secrets(config)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LogfmtFormatter(REDACTOR))

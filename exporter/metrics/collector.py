@@ -17,7 +17,6 @@ Output for one workflow::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -57,9 +56,8 @@ class View:
 
 
 class CopyaiCollector(Collector):
-    def __init__(self, view: Callable[[], View], wall_clock: Callable[[], float] = time.time):
+    def __init__(self, view: Callable[[], View]):
         self._view = view
-        self._wall_clock = wall_clock
 
     def describe(self) -> Iterator[Metric]:
         # Registering must not trigger collect() (which would read state before the

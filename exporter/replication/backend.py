@@ -128,13 +128,14 @@ class RedisBackend:
 
     # --- leases on pieces of work ----------------------------------------------------
 
-    def take_leases(self, names: list[str], ttl_ms: int) -> list[bool]:
+    def take_leases(self, names: list[str], ttls_ms: list[int]) -> list[bool]:
+        """Which of these leases this replica took (each for its own time to live)."""
         if not names:
             return []
 
         def attempt() -> list[bool]:
             pipe = self.client.pipeline(transaction=False)
-            for name in names:
+            for name, ttl_ms in zip(names, ttls_ms, strict=True):
                 pipe.set(self.key("lease", name), self.replica, nx=True, px=max(1, ttl_ms))
             return [bool(r) for r in pipe.execute()]
 

@@ -9,11 +9,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
+from exporter.api.records import Run, RunStatus
 from exporter.replication.backend import LeadershipLostError, RedisBackend
+from exporter.tracking.book import HistoryBook
+from exporter.tracking.health import ApiHealth
+from exporter.tracking.observations import (
+    Applier,
+    MessageError,
+    Observation,
+    from_json,
+    to_json,
+)
 from exporter.tracking.persistence import Change, Loaded, StateError
+from exporter.tracking.runs import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +78,16 @@ class Coordinator:
         backend: RedisBackend,
         lease_seconds: float,
         *,
-        apply: Callable[[dict[str, Any]], None],
-        mirror: Callable[[str, dict[str, Any] | None, list[dict[str, Any]], list[str]], None],
-        reload: Callable[[Loaded], None],
-        flush: Callable[[], None],
-        mark_all_dirty: Callable[[], None],
+        health: ApiHealth,
         writer_lock: threading.RLock,
-        health: Callable[[], tuple[int, float, float | None]],
     ):
         self.backend = backend
         self._lease_ms = int(lease_seconds * 1000)
-        self._apply = apply
-        self._mirror = mirror
-        self._reload = reload
-        self._flush = flush
-        self._mark_all_dirty = mark_all_dirty
-        self._writer_lock = writer_lock
         self._health = health
+        self._writer_lock = writer_lock  # held while applying and committing (CODING.md)
+        self._book: HistoryBook | None = None  # what start() is given
+        self._runs: RunStore | None = None
+        self._applier: Applier | None = None
         self.is_leader = False
         self.pending_applied: str | None = None
         self._applied = "0-0"
@@ -100,7 +103,11 @@ class Coordinator:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, book: HistoryBook, runs: RunStore, applier: Applier) -> None:
+        """Follow the shared state into `book` and `runs` (the configured runs' series),
+        and, while leading, apply observations with `applier`. The book reads its store,
+        which is this coordinator's, so it can only be given here, after both exist."""
+        self._book, self._runs, self._applier = book, runs, applier
         self._thread = threading.Thread(target=self._run, name="copyai-coordinator", daemon=True)
         self._thread.start()
 
@@ -179,13 +186,18 @@ class Coordinator:
         with self._writer_lock:
             if not self.is_leader:
                 return
-            for _entry_id, observation in items:
+            for _entry_id, data in items:
                 try:
-                    self._apply(observation)
+                    message = from_json(data)
+                except MessageError as exc:
+                    log.warning("observation skipped: %s: %.200r", exc, data)
+                    continue
+                try:
+                    self._applier.apply(message)  # type: ignore[union-attr]
                 except Exception:
-                    log.exception("observation not applied: %.200r", observation)
+                    log.exception("observation not applied: %.200r", data)
             self.pending_applied = items[-1][0]
-            self._flush()
+            self._book.flush()  # type: ignore[union-attr]
 
     def committed(self, applied: str | None) -> None:
         if applied is not None and applied == self.pending_applied:
@@ -209,15 +221,20 @@ class Coordinator:
         its complete copy of the history back, under the same epoch, so every counter
         carries on instead of restarting from zero."""
         log.warning("Redis lost the shared state; writing this replica's copy back")
+        book = self._book
+        assert book is not None
         with self._writer_lock:
-            self._mark_all_dirty()
+            for history in book.all():
+                history.mark_dirty()
             self.pending_applied = self._applied
-            self._flush()
+            book.flush()
         self._reseed = False
 
     def sync(self) -> None:
         """Catch up with what the leader committed (a full load if too far behind)."""
         with self._sync_lock:
+            if self._book is None:
+                return  # not started yet
             if self._synced is None:
                 self._full_sync_locked()
                 return
@@ -258,23 +275,63 @@ class Coordinator:
         self._synced = last_id
         self.epoch = epoch
 
+    def _mirror(
+        self,
+        workflow_id: str,
+        meta: dict[str, Any] | None,
+        runs: list[dict[str, Any]],
+        removed: list[str],
+    ) -> None:
+        """A change the leader committed: into this replica's history (the leader's own
+        is already current) and into the configured runs' per-run series."""
+        if not self.is_leader:
+            self._book.apply_remote(workflow_id, meta, runs, removed)  # type: ignore[union-attr]
+        for record in runs:
+            if record.get("pinned"):
+                self._mirror_configured(workflow_id, record)
+
+    def _reload(self, loaded: Loaded) -> None:
+        self._book.reset_from(loaded)  # type: ignore[union-attr]
+        for workflow_id, (_meta, runs) in loaded.items():
+            for record in runs:
+                if record.get("pinned"):
+                    self._mirror_configured(workflow_id, record)
+
+    def _mirror_configured(self, workflow_id: str, record: dict[str, Any]) -> None:
+        """A configured run as the shared history has it (another replica may have
+        fetched it): its status and fetch outcome for its per-run series."""
+        status = record.get("status")
+        run = None
+        if status is not None:
+            run = Run(
+                run_id=record["run_id"],
+                status=RunStatus.parse(status),
+                created_at=record.get("created_at"),
+                credits=record.get("credits"),
+                raw_status=status,
+            )
+        self._runs.mirror(  # type: ignore[union-attr]
+            (workflow_id, record["run_id"]), run, record.get("fetch_ok"), record.get("fetch_error")
+        )
+
     # --- observations from this replica ----------------------------------------------
 
-    def submit(self, observations: list[dict[str, Any]]) -> None:
+    def submit(self, messages: list[Observation]) -> None:
         """The leader applies what it learns itself; the others send it to the leader."""
-        if not observations:
+        if not messages:
             return
         with self._writer_lock:
             if self.is_leader:
-                for observation in observations:
-                    self._apply(observation)
+                for message in messages:
+                    self._applier.apply(message)  # type: ignore[union-attr]
                 return
-        self.backend.push_observations(observations)
+        self.backend.push_observations([to_json(m) for m in messages])
 
     # --- copyai_up, the same on every replica ----------------------------------------
 
     def _share_health(self) -> None:
-        up, at, refresh = self._health()
+        health = self._health
+        up, at, refresh = health.up, health.changed_at, health.last_successful_refresh
         if at > self._published_at:
             self.backend.publish_health(up, at, refresh)
             self._published_at = at

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from exporter.config import Config, DiscoveryConfig
@@ -21,13 +21,22 @@ MAX_ADOPTED_WORKFLOWS = 50
 class HistoryBook:
     """The history of every configured workflow, and its persistence."""
 
-    def __init__(self, store: StateStore, wall_clock: Callable[[], float]):
+    def __init__(
+        self,
+        store: StateStore,
+        wall_clock: Callable[[], float],
+        *,
+        writer_lock: threading.RLock | None = None,
+    ):
+        """`writer_lock` is held while a batch of changes is written; replicas share it
+        with their coordinator, which applies observations under it (CODING.md)."""
         self.store = store
         self._wall_clock = wall_clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the histories map and the workspace counters
         self._flush_lock = threading.Lock()
+        self._deletes_lock = threading.Lock()  # the list of workflows to delete
         self._histories: dict[str, WorkflowHistory] = {}
-        self.writer_lock = threading.RLock()  # one batch of changes committed at a time
+        self._writer_lock = writer_lock or threading.RLock()
         self._buckets: tuple[float, ...] = ()
         self._discovery: dict[str, DiscoveryConfig] = {}
         self.backend_up = 1
@@ -78,13 +87,14 @@ class HistoryBook:
             removed = [wid for wid in current if wid not in updated]
             self._histories = updated
         if removed:
-            self._pending_deletes.extend(removed)  # written by the next flush
+            with self._deletes_lock:  # written by the next flush
+                self._pending_deletes.extend(removed)
 
     def get(self, workflow_id: str) -> WorkflowHistory | None:
         with self._lock:
             return self._histories.get(workflow_id)
 
-    def adopt(self, workflow_id: str, buckets: Iterable[float]) -> bool:
+    def adopt(self, workflow_id: str) -> bool:
         """Track a workflow that is not configured (webhooks.accept_unknown_workflows),
         up to MAX_ADOPTED_WORKFLOWS so label cardinality stays bounded."""
         with self._lock:
@@ -93,7 +103,9 @@ class HistoryBook:
             if len(self._adopted) >= MAX_ADOPTED_WORKFLOWS:
                 return False
             self._adopted.add(workflow_id)
-            self._histories[workflow_id] = WorkflowHistory(workflow_id, self._wall_clock(), buckets)
+            self._histories[workflow_id] = WorkflowHistory(
+                workflow_id, self._wall_clock(), self._buckets
+            )
         log.info("tracking unconfigured workflow from webhooks workflow_id=%s", workflow_id)
         return True
 
@@ -156,7 +168,7 @@ class HistoryBook:
 
     def flush(self) -> None:
         """Write what changed since the last flush, all workflows in one transaction."""
-        with self.writer_lock, self._flush_lock:
+        with self._writer_lock, self._flush_lock:
             histories = self.all()
             if not self.store.persistent:
                 for history in histories:  # nothing keeps it: do not build the records
@@ -167,10 +179,11 @@ class HistoryBook:
                 meta, runs, removed = history.take_changes()
                 if meta is not None or runs or removed:
                     changes.append((history.workflow_id, meta, runs, removed))
-            if self._pending_deletes and self._write(
-                lambda: self.store.delete_workflows(self._pending_deletes)
-            ):
-                self._pending_deletes = []
+            with self._deletes_lock:  # taken whole, so a reload meanwhile adds to a new list
+                deletes, self._pending_deletes = self._pending_deletes, []
+            if deletes and not self._write(lambda: self.store.delete_workflows(deletes)):
+                with self._deletes_lock:  # tried again at the next flush
+                    self._pending_deletes[:0] = deletes
             if changes and not self._write(lambda: self.store.save(changes)):
                 removed_by = {workflow_id: removed for workflow_id, _, _, removed in changes}
                 for history in histories:  # written next time instead

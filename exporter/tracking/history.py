@@ -442,6 +442,12 @@ class WorkflowHistory:
             if run is not None and not run.pinned:
                 self._drop(run)
 
+    def silent_fetches(self, run_id: str) -> int:
+        """Fetches of the run in a row whose answers had no usable status (0 if unknown)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            return run.silent_fetches if run is not None else 0
+
     def known(self, run_id: str) -> bool:
         with self.lock:
             return run_id in self.runs

@@ -5,6 +5,10 @@ however many scrapes ask for it; a scrape waits for it until its deadline.
 
 Work started for a scrape that ran out of time is not cancelled: it finishes in the
 background and the next scrape sees the result.
+
+The same refresher serves one exporter and each of several replicas; a `Replication`
+says which part of the work is this one's (per-run leases, discovery on the leader)
+and where what it learns goes (`Standalone`: applied here at once).
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from exporter.api.client import CopyaiClient
 from exporter.api.errors import ApiError, ErrorKind
-from exporter.api.records import Run, RunPage
+from exporter.api.records import RunPage
 from exporter.config import Config, WorkflowConfig
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.discovery import DiscoveryCycle
 from exporter.tracking.health import ApiHealth, Batch
-from exporter.tracking.runs import RunKey, RunStore, due_age
+from exporter.tracking.observations import (
+    Applier,
+    FetchFailed,
+    FetchTried,
+    Observation,
+    RunGone,
+    RunSeen,
+)
+from exporter.tracking.runs import RunKey, RunStore, due_age, silent_backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,43 @@ class RefreshReport:
     completed: bool  # False if the deadline came first
 
 
+class Replication(Protocol):
+    """Which work is this exporter's, and where what it learns goes."""
+
+    @property
+    def leads(self) -> bool:
+        """True where the history is written: discovery and the API check run here."""
+        ...
+
+    def sync(self) -> None:
+        """Before planning a refresh: catch up with what others have done."""
+
+    def claim(self, names: list[str], ttls: list[float]) -> list[bool]:
+        """Which of these pieces of work this exporter takes (each for `ttl` seconds)."""
+        ...
+
+    def submit(self, message: Observation) -> None:
+        """What a fetch taught: to the history, wherever it is written."""
+
+
+class Standalone:
+    """One exporter: every piece of work is its own, observations are applied at once."""
+
+    leads = True
+
+    def __init__(self, applier: Applier):
+        self._applier = applier
+
+    def sync(self) -> None:
+        pass
+
+    def claim(self, names: list[str], ttls: list[float]) -> list[bool]:
+        return [True] * len(names)
+
+    def submit(self, message: Observation) -> None:
+        self._applier.apply(message)
+
+
 class Refresher:
     def __init__(
         self,
@@ -57,6 +106,8 @@ class Refresher:
         health: ApiHealth,
         book: HistoryBook,
         *,
+        applier: Applier,
+        replication: Replication | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -65,6 +116,8 @@ class Refresher:
         self._store = store
         self._health = health
         self._book = book
+        self._applier = applier
+        self._replication = replication or Standalone(applier)
         self._clock = clock
         self._wall_clock = wall_clock
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -86,8 +139,8 @@ class Refresher:
 
     def refresh(self, deadline: float) -> RefreshReport:
         """Start what is due; wait until it is all in or `deadline` (monotonic) passes."""
+        self._replication.sync()
         now, wall = self._clock(), self._wall_clock()
-        self._before_refresh()
         with self._lock:
             if self._closed:
                 return RefreshReport(0, 0, True)
@@ -117,9 +170,6 @@ class Refresher:
         _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, deadline - self._clock()))
         return RefreshReport(len(work), len(waiting), completed=not not_done)
 
-    def _before_refresh(self) -> None:
-        """A hook for shared state (catching up with other replicas)."""
-
     @property
     def _due_age(self) -> float:
         """How long ago a fetch or cycle must have been to be due again."""
@@ -128,22 +178,62 @@ class Refresher:
     def _plan(
         self, now: float, wall: float
     ) -> tuple[list[tuple[Hashable, Task]], list[concurrent.futures.Future[None]]]:
-        """What to start (with the lock held), and what already runs that is wanted."""
+        """What to start (with the lock held), and what already runs that is wanted:
+        configured runs that are due, runs tracked from webhooks (and, on a replica that
+        does not lead, from discovery) that only a fetch can refresh, and, where the
+        history is written, discovery cycles."""
         interval = self._due_age
-        work: list[tuple[Hashable, Task]] = []
+        candidates: list[tuple[Hashable, str, float, Task]] = []
         waiting: list[concurrent.futures.Future[None]] = []
         for state in self._store.snapshot():
             if state.key in self._in_flight:
                 waiting.append(self._in_flight[state.key])
             elif state.refresh_due(now, interval):
-                work.append((state.key, self._fetch_configured_task(state.key)))
-        work.extend(self._discovery_work(wall, waiting))
-        for workflow in self._config.workflows:
-            if not workflow.discover:
-                work.extend(self._tracked_work(workflow.id, set(workflow.runs), wall))
-        for workflow_id in self._book.adopted():  # unconfigured, known from webhooks
-            work.extend(self._tracked_work(workflow_id, set(), wall))
+                silent = self._silent_fetches(state.workflow_id, state.run_id, state.silent_fetches)
+                candidates.append(
+                    (
+                        state.key,
+                        f"run:{state.workflow_id}:{state.run_id}",
+                        interval * silent_backoff(silent),
+                        self._fetch_configured_task(state.key),
+                    )
+                )
+        leads = self._replication.leads
+        for history in self._book.all():
+            workflow = self._config.workflow(history.workflow_id)
+            if workflow is not None and workflow.discover and leads:
+                continue  # its discovery task fetches them, after listing
+            configured = set(workflow.runs) if workflow is not None else set()
+            for run_id in history.due_for_fetch(wall, interval, configured):
+                key = (_TRACKED, history.workflow_id, run_id)
+                if key not in self._in_flight:
+                    candidates.append(
+                        (
+                            key,
+                            f"run:{history.workflow_id}:{run_id}",
+                            interval * silent_backoff(history.silent_fetches(run_id)),
+                            self._fetch_tracked_task(history.workflow_id, run_id),
+                        )
+                    )
+        work = [(key, task) for key, task in self._claimed(candidates)]
+        if leads:
+            work.extend(self._discovery_work(wall, waiting))
         return work, waiting
+
+    def _claimed(self, candidates: list[tuple[Hashable, str, float, Task]]) -> list[Any]:
+        if not candidates:
+            return []
+        taken = self._replication.claim(
+            [name for _, name, _, _ in candidates], [ttl for _, _, ttl, _ in candidates]
+        )
+        return [
+            (key, task) for (key, _, _, task), got in zip(candidates, taken, strict=True) if got
+        ]
+
+    def _silent_fetches(self, workflow_id: str, run_id: str, own: int) -> int:
+        """Answers in a row without a usable status: as the (shared) history counts them."""
+        history = self._book.get(workflow_id)
+        return max(own, history.silent_fetches(run_id)) if history is not None else own
 
     def _discovery_work(
         self, wall: float, waiting: list[concurrent.futures.Future[None]]
@@ -165,22 +255,6 @@ class Refresher:
             ):
                 self._cycle_attempted[workflow.id] = wall
                 work.append((key, self._discovery_task(workflow)))
-        return work
-
-    def _tracked_work(
-        self, workflow_id: str, configured: set[str], wall: float
-    ) -> list[tuple[Hashable, Task]]:
-        """Runs of a workflow without discovery that webhooks told us about: fetched for
-        their createdAt and status (configured runs have fetches of their own)."""
-        history = self._book.get(workflow_id)
-        if history is None:
-            return []
-        interval = self._due_age
-        work: list[tuple[Hashable, Task]] = []
-        for run_id in history.due_for_fetch(wall, interval, configured):
-            key = (_TRACKED, workflow_id, run_id)
-            if key not in self._in_flight:
-                work.append((key, self._fetch_tracked_task(workflow_id, run_id)))
         return work
 
     def _run(self, key: Hashable, task: Task, batch: Batch) -> None:
@@ -245,13 +319,17 @@ class Refresher:
 
     def _report_failure(self, key: Hashable, error: ApiError) -> None:
         """What a failed piece of work leaves behind: a configured run shows the failure
-        in its fetch_success; a tracked run waits an interval before the next try."""
+        in its fetch_success; a tracked run waits an interval before the next try (or is
+        forgotten, if the API does not know it)."""
+        when = self._wall_clock()
         if _is_run_key(key):
+            workflow_id, run_id = key  # type: ignore[misc]
             self._store.record_failure(key, error, self._clock())  # type: ignore[arg-type]
+            self._replication.submit(FetchFailed(workflow_id, run_id, when, error.signature))
         elif isinstance(key, tuple) and key[:1] == (_TRACKED,):
-            history = self._book.get(key[1])
-            if history is not None:
-                history.touch(key[2], self._wall_clock())
+            _, workflow_id, run_id = key
+            gone = error.kind == ErrorKind.NOT_FOUND
+            self._replication.submit((RunGone if gone else FetchTried)(workflow_id, run_id, when))
 
     def _flush(self) -> None:
         try:
@@ -259,66 +337,36 @@ class Refresher:
         except Exception:  # a bug in writing state must not end the fetch thread's work
             log.exception("unexpected error writing state")
 
-    # --- observations: every look at a run goes through here -------------------------
-
-    def _observe(self, workflow_id: str, run: Run, *, listed: bool) -> bool:
-        """Record what a fetch or a listing showed about a run, in the workflow's
-        history and, for a configured run, in its per-run state."""
-        history = self._book.get(workflow_id)
-        key = (workflow_id, run.run_id)
-        configured = self._store.get(key) is not None
-        tracked = True
-        if history is not None:
-            tracked = history.observe(
-                run.run_id,
-                when=self._wall_clock(),
-                status=run.status,
-                reported=run.reported,  # a record without status says nothing of it
-                created_at=run.created_at,
-                credits=run.credits,
-                pinned=configured,
-                fetched=not listed,
-            )
-        if configured and listed:
-            self._store.record_observation(key, run, self._clock(), listed=True)
-        return tracked
-
     # --- tasks -----------------------------------------------------------------------
 
     def _fetch_configured_task(self, key: RunKey) -> Task:
         def task(batch: Batch) -> ApiError | None:
+            when = self._wall_clock()
             try:
                 run = self._client.get_run(*key)
             except ApiError as exc:
                 error = exc.with_traceback(None)  # kept past the block: drop its frames
-                self._store.record_failure(key, error, self._clock())
+                self._report_failure(key, error)
                 return error
             self._store.record_success(key, run, self._clock())
-            self._observe(key[0], run, listed=False)
+            self._replication.submit(RunSeen.of(key[0], run, when, pinned=True, fetched=True))
             return None
 
         return task
 
     def _fetch_tracked_task(self, workflow_id: str, run_id: str) -> Task:
         def task(batch: Batch) -> ApiError | None:
-            return self._fetch_tracked(workflow_id, run_id)
+            when = self._wall_clock()
+            try:
+                run = self._client.get_run(workflow_id, run_id)
+            except ApiError as exc:
+                error = exc.with_traceback(None)  # returned past the block: drop its frames
+                self._report_failure((_TRACKED, workflow_id, run_id), error)
+                return error
+            self._replication.submit(RunSeen.of(workflow_id, run, when, pinned=False, fetched=True))
+            return None
 
         return task
-
-    def _fetch_tracked(self, workflow_id: str, run_id: str) -> ApiError | None:
-        history = self._book.get(workflow_id)
-        try:
-            run = self._client.get_run(workflow_id, run_id)
-        except ApiError as exc:
-            exc = exc.with_traceback(None)  # returned past the block: drop its frames
-            if history is not None:
-                if exc.kind == ErrorKind.NOT_FOUND:
-                    history.drop(run_id)  # gone from the API: stop asking
-                else:
-                    history.touch(run_id, self._wall_clock())
-            return exc
-        self._observe(workflow_id, run, listed=False)
-        return None
 
     def _discovery_task(self, workflow: WorkflowConfig) -> Task:
         def task(batch: Batch) -> object:
@@ -330,11 +378,18 @@ class Refresher:
             def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
                 return self._fetch_pages(workflow, pages, batch)
 
+            def observe(run: Any) -> bool:
+                pinned = self._store.get((workflow.id, run.run_id)) is not None
+                seen = RunSeen.of(
+                    workflow.id, run, self._wall_clock(), pinned=pinned, fetched=False
+                )
+                return self._applier.apply(seen)  # discovery runs where history is written
+
             cycle = DiscoveryCycle(
                 workflow,
                 history,
                 fetch_pages=fetch_pages,
-                observe=lambda run: self._observe(workflow.id, run, listed=True),
+                observe=observe,
                 now=self._wall_clock(),
                 parallel=self._config.api.max_concurrency,
             )
@@ -344,17 +399,23 @@ class Refresher:
             # what listing did not refresh: active runs deep in history, runs without
             # createdAt or status; configured runs have their own fetches
             exclude = result.seen | set(workflow.runs)
-            due = history.due_for_fetch(self._wall_clock(), interval, exclude)
-            if due:
-                batch.add(len(due))
+            due = [
+                (
+                    (_TRACKED, workflow.id, run_id),
+                    f"run:{workflow.id}:{run_id}",
+                    interval * silent_backoff(history.silent_fetches(run_id)),
+                    None,
+                )
+                for run_id in history.due_for_fetch(self._wall_clock(), interval, exclude)
+            ]
+            claimed = [key for key, _ in self._claimed(due)]  # type: ignore[arg-type]
+            if claimed:
+                batch.add(len(claimed))
                 futures = [
                     self._pool.submit(
-                        self._guarded,
-                        (_TRACKED, workflow.id, run_id),
-                        self._fetch_tracked_task(workflow.id, run_id),
-                        batch,
+                        self._guarded, key, self._fetch_tracked_task(key[1], key[2]), batch
                     )
-                    for run_id in due
+                    for key in claimed
                 ]
                 concurrent.futures.wait(futures)
             return RELEASE  # the coordinator's own slot; its requests recorded theirs
@@ -414,7 +475,7 @@ class Refresher:
         """With nothing else to fetch, check now and then that the API still takes the key,
         so `copyai_up` stays true to its meaning when every run is finished and cached."""
         every = self._config.collector.up_check_interval_seconds
-        if every <= 0 or not self._config.workflows:
+        if every <= 0 or not self._config.workflows or not self._replication.leads:
             return False
         if self._probe is not None and not self._probe.done():
             return False
