@@ -11,6 +11,10 @@ from exporter.metrics.exposition import CHUNK_BYTES, RunRenderer
 from exporter.tracking.runs import RunState
 
 
+def render(renderer: RunRenderer, runs, now: float, sparse: bool) -> bytes:
+    return b"".join(renderer.render_chunks(runs, now, sparse))
+
+
 def state(run_id: str, status: RunStatus | None, credits=None, created=100.0, ok=True):
     run = None if status is None else Run(run_id, status, created, credits)
     return RunState("WCFG-1", run_id, run=run, fetch_ok=ok)
@@ -26,7 +30,8 @@ def parse(text: bytes) -> dict:
 
 def test_renders_every_family_with_help_and_type_once():
     renderer = RunRenderer()
-    text = renderer.render(
+    text = render(
+        renderer,
         [state("WRUN-a", RunStatus.PROCESSING, credits=9001), state("WRUN-b", None, ok=False)],
         now=142.0,
         sparse=False,
@@ -52,18 +57,18 @@ def test_renders_every_family_with_help_and_type_once():
 def test_unchanged_runs_reuse_their_lines_and_changes_show():
     renderer = RunRenderer()
     finished = state("WRUN-a", RunStatus.COMPLETE, credits=2)
-    renderer.render([finished], now=200.0, sparse=False)
+    render(renderer, [finished], now=200.0, sparse=False)
     cached = renderer._cache[("WCFG-1", "WRUN-a")]
-    text = renderer.render([finished], now=300.0, sparse=False)
+    text = render(renderer, [finished], now=300.0, sparse=False)
     assert renderer._cache[("WCFG-1", "WRUN-a")] is cached  # nothing re-formatted
     assert b'copyai_workflow_run_age_seconds{workflow_id="WCFG-1",run_id="WRUN-a"} 200.0' in text
     moved = state("WRUN-a", RunStatus.FAILED, credits=3)
-    samples = parse(renderer.render([moved], now=300.0, sparse=False))
+    samples = parse(render(renderer, [moved], now=300.0, sparse=False))
     key = (("run_id", "WRUN-a"), ("status", "FAILED"), ("workflow_id", "WCFG-1"))
     assert samples[("copyai_workflow_run_status", key)] == 1
-    sparse = renderer.render([moved], now=300.0, sparse=True)
+    sparse = render(renderer, [moved], now=300.0, sparse=True)
     assert sparse.count(b"copyai_workflow_run_status{") == 1
-    renderer.render([], now=300.0, sparse=True)
+    render(renderer, [], now=300.0, sparse=True)
     assert renderer._cache == {}  # a run gone from the config leaves no lines behind
 
 
@@ -78,7 +83,7 @@ def test_a_large_exposition_streams_in_bounded_chunks():
     assert len(chunks) >= 4
     longest_line = max(len(line) for line in whole.splitlines(keepends=True))
     assert max(len(c) for c in chunks) < CHUNK_BYTES + longest_line + 1024  # + HELP, TYPE
-    assert whole == renderer.render(runs, now=500.0, sparse=False)
+    assert whole == render(renderer, runs, now=500.0, sparse=False)
     samples = parse(whole)
     key = (("run_id", "WRUN-02999"), ("workflow_id", "WCFG-1"))
     assert samples[("copyai_workflow_run_credits", key)] == 2999

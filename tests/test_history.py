@@ -27,7 +27,7 @@ def history(
     return WorkflowHistory(
         WF,
         WATCH_START,
-        buckets,
+        {"duration": buckets},
         DiscoveryConfig(window_seconds=window, max_tracked_runs=cap),
     )
 
@@ -35,13 +35,13 @@ def history(
 def counters(h: WorkflowHistory) -> dict[str, float]:
     snap = h.snapshot()
     return {
-        "created": snap.created,
-        "finished": snap.finished,
-        "failed": snap.failed,
-        "retried": snap.retried,
-        "credits": snap.credits,
-        "durations": snap.bucket_counts[-1],
-        "duration_sum": snap.duration_sum,
+        "created": snap.values["created"],
+        "finished": snap.values["finished"],
+        "failed": snap.values["failed"],
+        "retried": snap.values["retried"],
+        "credits": snap.values["credits"],
+        "durations": snap.histograms["duration"].counts[-1],
+        "duration_sum": snap.histograms["duration"].sum,
     }
 
 
@@ -82,14 +82,14 @@ def test_watched_run_through_a_retry_is_counted_once_however_often_it_is_seen_do
         "duration_sum": 60.0,  # first seen COMPLETE at 1070, created at 1010
     }
     # 60 s falls in le=60 (bucket bounds are inclusive), so le=10 and le=30 stay empty
-    assert snap.buckets == BUCKETS
-    assert snap.bucket_counts == (0, 0, 1, 1, 1)
-    assert snap.last_success == 1_070.0
-    assert snap.last_failure is None
-    assert snap.last_created == created
+    assert snap.histograms["duration"].buckets == BUCKETS
+    assert snap.histograms["duration"].counts == (0, 0, 1, 1, 1)
+    assert snap.values["last_success"] == 1_070.0
+    assert snap.values["last_failure"] is None
+    assert snap.values["last_created"] == created
     assert snap.status_counts[S.COMPLETE] == 1
     assert sum(snap.status_counts.values()) == 1
-    assert snap.oldest_active_created is None
+    assert snap.values["oldest_active_created"] is None
     run = h.runs["r1"]
     assert run.origin == WATCHED
     assert run.terminal_at == 1_070.0
@@ -109,14 +109,14 @@ def test_run_that_started_and_failed_between_two_looks_is_counted():
         "duration_sum": 30.0,
     }
     assert counters(h) == expected
-    assert h.snapshot().last_failure == 1_050.0
-    assert h.snapshot().last_success is None
-    assert h.snapshot().bucket_counts == (0, 1, 1, 1, 1)  # 30 s: le=30
+    assert h.snapshot().values["last_failure"] == 1_050.0
+    assert h.snapshot().values["last_success"] is None
+    assert h.snapshot().histograms["duration"].counts == (0, 1, 1, 1, 1)  # 30 s: le=30
 
     for when in (1_060.0, 1_070.0):
         assert h.observe("r1", when=when, status=S.FAILED, created_at=1_020.0, credits=2.0)
     assert counters(h) == expected
-    assert h.snapshot().last_failure == 1_050.0
+    assert h.snapshot().values["last_failure"] == 1_050.0
 
 
 # --- baseline: runs created before watching began ------------------------------------
@@ -133,9 +133,9 @@ def test_baseline_runs_seen_finished_move_no_counter_but_set_last_success_and_fa
 
     assert counters(h) == NOTHING
     snap = h.snapshot()
-    assert snap.last_success == 900.0  # a lower bound: the newest createdAt, not 800
-    assert snap.last_failure == 950.0
-    assert snap.last_created == 950.0
+    assert snap.values["last_success"] == 900.0  # a lower bound: the newest createdAt, not 800
+    assert snap.values["last_failure"] == 950.0
+    assert snap.values["last_created"] == 950.0
     assert snap.status_counts[S.COMPLETE] == 2
     assert snap.status_counts[S.FAILED] == 1
     assert {r.origin for r in h.runs.values()} == {BASELINE}
@@ -156,7 +156,7 @@ def test_baseline_run_seen_active_then_finished_counts_its_end_but_not_its_creat
         "durations": 1,
         "duration_sum": 90.0,
     }
-    assert h.snapshot().last_success == 1_040.0
+    assert h.snapshot().values["last_success"] == 1_040.0
 
 
 # --- decisions that wait for createdAt ------------------------------------------------
@@ -166,7 +166,7 @@ def test_end_reported_before_created_at_is_counted_once_created_at_says_watched(
     h = history()
     assert h.observe("r1", when=1_100.0, status=S.COMPLETE, credits=5.0)  # a webhook
     assert counters(h) == NOTHING  # cannot tell baseline from watched yet
-    assert h.snapshot().last_success is None
+    assert h.snapshot().values["last_success"] is None
 
     assert h.observe("r1", when=1_130.0, status=S.COMPLETE, created_at=1_060.0, credits=5.0)
     assert h.observe("r1", when=1_140.0, status=S.COMPLETE, created_at=1_060.0, credits=5.0)
@@ -179,7 +179,7 @@ def test_end_reported_before_created_at_is_counted_once_created_at_says_watched(
         "durations": 1,
         "duration_sum": 40.0,  # ended when first reported (1100), not when createdAt came
     }
-    assert h.snapshot().last_success == 1_100.0
+    assert h.snapshot().values["last_success"] == 1_100.0
 
 
 def test_end_reported_before_created_at_counts_nothing_once_created_at_says_baseline():
@@ -187,7 +187,7 @@ def test_end_reported_before_created_at_counts_nothing_once_created_at_says_base
     assert h.observe("r1", when=1_100.0, status=S.COMPLETE, credits=5.0)
     assert h.observe("r1", when=1_130.0, status=S.COMPLETE, created_at=990.0, credits=5.0)
     assert counters(h) == NOTHING
-    assert h.snapshot().last_success == 990.0
+    assert h.snapshot().values["last_success"] == 990.0
     assert h.runs["r1"].origin == BASELINE
 
 
@@ -236,8 +236,8 @@ def test_observations_without_status_do_not_change_status_counts():
     snap = h.snapshot()
     assert all(n == 0 for n in snap.status_counts.values())
     assert snap.tracked == 1
-    assert snap.oldest_active_created is None  # no status: not known to be active
-    assert snap.created == 1
+    assert snap.values["oldest_active_created"] is None  # no status: not known to be active
+    assert snap.values["created"] == 1
 
     assert h.observe("r1", when=1_030.0, status=S.PROCESSING)
     assert h.observe("r1", when=1_040.0, credits=3.0)
@@ -246,7 +246,7 @@ def test_observations_without_status_do_not_change_status_counts():
     assert snap.status_counts[S.PROCESSING] == 1
     assert sum(snap.status_counts.values()) == 1
     assert h.runs["r1"].status is S.PROCESSING
-    assert snap.finished == 0
+    assert snap.values["finished"] == 0
 
 
 # --- snapshot --------------------------------------------------------------------------
@@ -257,12 +257,12 @@ def test_snapshot_of_an_empty_history_is_zero_filled():
     assert set(snap.status_counts) == set(ALL_STATUSES)
     assert len(ALL_STATUSES) == 7
     assert all(n == 0 for n in snap.status_counts.values())
-    assert snap.bucket_counts == (0, 0, 0, 0, 0)
-    assert snap.oldest_active_created is None
+    assert snap.histograms["duration"].counts == (0, 0, 0, 0, 0)
+    assert snap.values["oldest_active_created"] is None
     assert snap.active_runs == []
-    assert snap.last_success is None
-    assert snap.last_failure is None
-    assert snap.last_created is None
+    assert snap.values["last_success"] is None
+    assert snap.values["last_failure"] is None
+    assert snap.values["last_created"] is None
 
 
 def test_snapshot_status_counts_oldest_active_and_run_series():
@@ -288,7 +288,9 @@ def test_snapshot_status_counts_oldest_active_and_run_series():
         S.UNKNOWN: 1,
     }
     assert snap.tracked == 8
-    assert snap.oldest_active_created == 1_010.0  # the pinned run is active too, UNKNOWN not
+    assert (
+        snap.values["oldest_active_created"] == 1_010.0
+    )  # the pinned run is active too, UNKNOWN not
     assert snap.active_runs == []  # no run series asked for
 
     series = h.snapshot(run_series_limit=3).active_runs
@@ -305,10 +307,10 @@ def test_snapshot_status_counts_oldest_active_and_run_series():
     assert h.runs["waiting"].status is S.WAITING
 
     h.observe("pinned", when=1_200.0, status=S.COMPLETE)
-    assert h.snapshot().oldest_active_created == 1_030.0
+    assert h.snapshot().values["oldest_active_created"] == 1_030.0
     for run_id in ("new", "waiting", "retrying", "no-created", "unknown"):
         h.observe(run_id, when=1_200.0, status=S.COMPLETE)
-    assert h.snapshot().oldest_active_created is None
+    assert h.snapshot().values["oldest_active_created"] is None
     assert h.snapshot(run_series_limit=3).active_runs == []
 
 
@@ -481,18 +483,25 @@ def test_restore_round_trips_counters_histogram_timestamps_runs_and_discovery():
     meta = json.loads(json.dumps(h.meta_record()))
     runs = json.loads(json.dumps([r.to_record() for r in h.runs.values()]))
 
-    restored = WorkflowHistory.restore(WF, meta, runs, BUCKETS, DiscoveryConfig(max_tracked_runs=5))
+    restored = WorkflowHistory.restore(
+        WF, meta, runs, {"duration": BUCKETS}, DiscoveryConfig(max_tracked_runs=5)
+    )
     assert restored.watch_start == WATCH_START
     assert restored.snapshot(run_series_limit=10) == h.snapshot(run_series_limit=10)
     snap = restored.snapshot()
-    assert (snap.created, snap.finished, snap.failed, snap.retried) == (5, 2, 1, 1)
-    assert snap.credits == 5.5
-    assert snap.bucket_counts == (1, 1, 1, 2, 2)  # 5 s and 90 s
-    assert snap.duration_sum == 95.0
-    assert snap.last_success == 1_100.0
-    assert snap.last_failure == 1_050.0
-    assert snap.credit_limit_count == 1
-    assert snap.credit_limit_at == 1_135.0
+    assert (
+        snap.values["created"],
+        snap.values["finished"],
+        snap.values["failed"],
+        snap.values["retried"],
+    ) == (5, 2, 1, 1)
+    assert snap.values["credits"] == 5.5
+    assert snap.histograms["duration"].counts == (1, 1, 1, 2, 2)  # 5 s and 90 s
+    assert snap.histograms["duration"].sum == 95.0
+    assert snap.values["last_success"] == 1_100.0
+    assert snap.values["last_failure"] == 1_050.0
+    assert snap.values["credit_limit_count"] == 1
+    assert snap.values["credit_limit_at"] == 1_135.0
     assert restored.runs == h.runs
     assert restored.discovery == h.discovery
     assert restored.forget_horizon == h.forget_horizon
@@ -505,16 +514,21 @@ def test_restore_round_trips_counters_histogram_timestamps_runs_and_discovery():
     restored.observe("active", when=1_210.0, status=S.COMPLETE, credits=3.0)
     assert not restored.observe("baseline", when=1_210.0, status=S.COMPLETE, created_at=900.0)
     snap = restored.snapshot()
-    assert (snap.created, snap.finished, snap.failed, snap.retried) == (5, 3, 1, 1)
-    assert snap.credits == 8.5
-    assert snap.duration_sum == 195.0
+    assert (
+        snap.values["created"],
+        snap.values["finished"],
+        snap.values["failed"],
+        snap.values["retried"],
+    ) == (5, 3, 1, 1)
+    assert snap.values["credits"] == 8.5
+    assert snap.histograms["duration"].sum == 195.0
 
 
 def test_restore_without_forget_horizon_and_with_empty_state():
     h = history()
     meta = json.loads(json.dumps(h.meta_record()))
     assert meta["forget_horizon"] is None
-    restored = WorkflowHistory.restore(WF, meta, [], BUCKETS, None)
+    restored = WorkflowHistory.restore(WF, meta, [], {"duration": BUCKETS}, None)
     assert restored.forget_horizon == -math.inf
     assert restored.snapshot() == h.snapshot()
     assert restored.discovery_config == DiscoveryConfig()
@@ -524,30 +538,16 @@ def test_restore_with_other_buckets_restarts_only_the_histogram():
     h = busy_history()
     meta = json.loads(json.dumps(h.meta_record()))
     runs = [r.to_record() for r in h.runs.values()]
-    restored = WorkflowHistory.restore(WF, meta, runs, (5.0, 50.0), None)
+    restored = WorkflowHistory.restore(WF, meta, runs, {"duration": (5.0, 50.0)}, None)
     before, after = h.snapshot(), restored.snapshot()
-    assert after.buckets == (5.0, 50.0)
-    assert after.bucket_counts == (0, 0, 0)
-    assert after.duration_sum == 0.0
-    for name in (
-        "created",
-        "finished",
-        "failed",
-        "retried",
-        "credits",
-        "last_success",
-        "last_failure",
-        "last_created",
-        "oldest_active_created",
-        "credit_limit_count",
-        "credit_limit_at",
-        "status_counts",
-        "tracked",
-    ):
-        assert getattr(after, name) == getattr(before, name), name
+    assert after.histograms["duration"].buckets == (5.0, 50.0)
+    assert after.histograms["duration"].counts == (0, 0, 0)
+    assert after.histograms["duration"].sum == 0.0
+    assert after.values == before.values  # every counter and time, by values.py's names
+    assert (after.status_counts, after.tracked) == (before.status_counts, before.tracked)
     assert restored.runs == h.runs
     restored.observe("active", when=1_150.0, status=S.COMPLETE)
-    assert restored.snapshot().bucket_counts == (0, 1, 1)  # 40 s
+    assert restored.snapshot().histograms["duration"].counts == (0, 1, 1)  # 40 s
 
 
 def test_tracked_run_record_round_trip():
@@ -619,7 +619,7 @@ def test_history_book_configure_keeps_drops_and_unpins():
     assert book.get("WCFG-a") is a  # the same history: counters and watch_start kept
     assert book.get("WCFG-b") is b
     assert a.watch_start == 5_000.0
-    assert a.created == 3
+    assert a.values["created"] == 3
     assert store.deleted == []
 
     # WRUN-a2 leaves a workflow without discovery: dropped; WCFG-b leaves the config
@@ -630,8 +630,8 @@ def test_history_book_configure_keeps_drops_and_unpins():
     assert set(a.runs) == {"WRUN-a1", "WRUN-listed"}
     assert a.runs["WRUN-a1"].pinned
     assert not a.runs["WRUN-listed"].pinned
-    assert a.created == 3  # counted runs stay counted
-    assert a.finished == 1
+    assert a.values["created"] == 3  # counted runs stay counted
+    assert a.values["finished"] == 1
     _, _, removed = a.take_changes()
     assert "WRUN-a2" in removed
     book.flush()  # the removed workflow's rows go with the next write
@@ -683,10 +683,10 @@ def test_history_book_restores_from_the_store_and_resets_histogram_on_new_bucket
     book.configure(book_config(["pinned"], with_b=False, buckets=(1.0, 2.0)))
     assert book.get("WCFG-a") is a
     snap = a.snapshot()
-    assert snap.bucket_counts == (0, 0, 0)
-    assert snap.duration_sum == 0.0
-    assert snap.created == source.created
-    assert snap.credits == source.credits
+    assert snap.histograms["duration"].counts == (0, 0, 0)
+    assert snap.histograms["duration"].sum == 0.0
+    assert snap.values["created"] == source.values["created"]
+    assert snap.values["credits"] == source.values["credits"]
 
     book.flush()
     assert len(store.saved) == 1
@@ -694,7 +694,7 @@ def test_history_book_restores_from_the_store_and_resets_histogram_on_new_bucket
     assert workflow_id == "WCFG-a"
     assert saved_meta is not None
     assert saved_meta["buckets"] == [1.0, 2.0]
-    assert saved_meta["created"] == source.created
+    assert saved_meta["created"] == source.values["created"]
 
 
 def test_history_book_uses_the_configured_duration_buckets():
@@ -709,7 +709,7 @@ def test_history_book_uses_the_configured_duration_buckets():
     book.configure(config)
     a = book.get("WCFG-a")
     assert a is not None
-    assert a.snapshot().buckets == (1.0, 5.0, 25.0)
+    assert a.snapshot().histograms["duration"].buckets == (1.0, 5.0, 25.0)
 
 
 class FlakyStore(RecordingStore):

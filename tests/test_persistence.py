@@ -132,8 +132,8 @@ def test_history_book_persists_and_restores_through_sqlite(tmp_path):
         assert set(restored.runs) == {"a", "b"}
         assert restored.snapshot() == h.snapshot()
         restored.observe("a", when=5_000.0, status=RunStatus.COMPLETE, credits=3.0)
-        assert restored.finished == 1
-        assert restored.credits == 3.0
+        assert restored.values["finished"] == 1
+        assert restored.values["credits"] == 3.0
     finally:
         later.close()
 

@@ -34,6 +34,7 @@ from exporter.metrics.exposition import CACHE_NOTE
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.history import WorkflowSnapshot
 from exporter.tracking.runs import RunStore
+from exporter.tracking.values import WORKFLOW_VALUES, Count, Distribution
 
 
 @dataclass(frozen=True)
@@ -134,82 +135,20 @@ class CopyaiCollector(Collector):
 
 
 class _WorkflowFamilies:
-    """Counters, the duration histogram and timestamps per workflow, from its history."""
+    """One family per entry of tracking/values.py (counters, histograms, timestamps),
+    filled from each workflow's snapshot, then the state store's own two gauges."""
 
     def __init__(self) -> None:
         label = ["workflow_id"]
-        counted = (
-            "Counted once per run as the exporter sees it happen (polling, listing or "
-            "webhook); runs that existed before the workflow was first watched are not counted."
-        )
-        self.created = CounterMetricFamily(
-            "copyai_workflow_runs_created",
-            f"Runs of the workflow seen being created. {counted}",
-            labels=label,
-        )
-        self.finished = CounterMetricFamily(
-            "copyai_workflow_runs_finished",
-            f"Runs of the workflow seen reaching COMPLETE or FAILED. {counted}",
-            labels=label,
-        )
-        self.failed = CounterMetricFamily(
-            "copyai_workflow_runs_failed",
-            f"Runs of the workflow seen reaching FAILED. {counted}",
-            labels=label,
-        )
-        self.retried = CounterMetricFamily(
-            "copyai_workflow_runs_retried",
-            f"Runs of the workflow seen entering RETRYING (a retry between two looks at "
-            f"the run can be missed). {counted}",
-            labels=label,
-        )
-        self.credits = CounterMetricFamily(
-            "copyai_workflow_run_credits",
-            f"Credits of the workflow's runs that finished, each run counted once. {counted}",
-            labels=label,
-        )
-        self.duration = HistogramMetricFamily(
-            "copyai_workflow_run_duration_seconds",
-            "Run duration from createdAt to its end. The API reports no end time: the end "
-            "is when a webhook delivered it, or else when polling first saw it, so without "
-            "webhooks durations are late by up to refresh_interval_seconds.",
-            labels=label,
-        )
-        self.last_success = GaugeMetricFamily(
-            "copyai_workflow_last_success_timestamp_seconds",
-            "When a run of the workflow last reached COMPLETE (as observed; for runs that "
-            "ended before watching began, their createdAt). Absent if never.",
-            labels=label,
-        )
-        self.last_failure = GaugeMetricFamily(
-            "copyai_workflow_last_failure_timestamp_seconds",
-            "When a run of the workflow last reached FAILED (as observed; for runs that "
-            "ended before watching began, their createdAt). Absent if never.",
-            labels=label,
-        )
-        self.last_created = GaugeMetricFamily(
-            "copyai_workflow_last_run_created_timestamp_seconds",
-            "createdAt of the newest run of the workflow seen. Absent if none.",
-            labels=label,
-        )
-        self.oldest_active = GaugeMetricFamily(
-            "copyai_workflow_oldest_active_run_created_timestamp_seconds",
-            "createdAt of the oldest tracked run that is active (NEW, WAITING, PROCESSING or "
-            "RETRYING; UNKNOWN is not active); absent when none is. time() minus this is how "
-            "long the most stuck run has been going.",
-            labels=label,
-        )
-        self.credit_limit = CounterMetricFamily(
-            "copyai_credit_limit_reached",
-            "workflowCreditLimit.reached webhook events received (workflow_id is empty "
-            "for events that name no workflow).",
-            labels=label,
-        )
-        self.credit_limit_at = GaugeMetricFamily(
-            "copyai_credit_limit_reached_timestamp_seconds",
-            "When the last workflowCreditLimit.reached event arrived.",
-            labels=label,
-        )
+        self.families: dict[str, Metric] = {}
+        for value in WORKFLOW_VALUES:
+            if isinstance(value, Count):
+                family: Metric = CounterMetricFamily(value.metric, value.help, labels=label)
+            elif isinstance(value, Distribution):
+                family = HistogramMetricFamily(value.metric, value.help, labels=label)
+            else:
+                family = GaugeMetricFamily(value.metric, value.help, labels=label)
+            self.families[value.name] = family
         self.state_up = GaugeMetricFamily(
             "copyai_state_backend_up",
             "1 if the last read or write of the state store (SQLite file or Redis) "
@@ -222,48 +161,27 @@ class _WorkflowFamilies:
         )
 
     def all(self) -> list[Metric]:
-        return [
-            self.created,
-            self.finished,
-            self.failed,
-            self.retried,
-            self.credits,
-            self.duration,
-            self.last_success,
-            self.last_failure,
-            self.last_created,
-            self.oldest_active,
-            self.credit_limit,
-            self.credit_limit_at,
-            self.state_up,
-            self.leader,
-        ]
+        return [*self.families.values(), self.state_up, self.leader]
 
     def add(self, snap: WorkflowSnapshot) -> None:
         labels = [snap.workflow_id]
-        self.created.add_metric(labels, snap.created)
-        self.finished.add_metric(labels, snap.finished)
-        self.failed.add_metric(labels, snap.failed)
-        self.retried.add_metric(labels, snap.retried)
-        self.credits.add_metric(labels, snap.credits)
-        bounds = [floatToGoString(b) for b in snap.buckets] + ["+Inf"]
-        self.duration.add_metric(
-            labels, list(zip(bounds, snap.bucket_counts, strict=True)), snap.duration_sum
-        )
-        for family, value in (
-            (self.last_success, snap.last_success),
-            (self.last_failure, snap.last_failure),
-            (self.last_created, snap.last_created),
-            (self.oldest_active, snap.oldest_active_created),
-            (self.credit_limit_at, snap.credit_limit_at),
-        ):
-            if value is not None:
-                family.add_metric(labels, value)
-        self.credit_limit.add_metric(labels, snap.credit_limit_count)
+        for value in WORKFLOW_VALUES:
+            family = self.families[value.name]
+            if isinstance(value, Distribution):
+                histogram = snap.histograms[value.name]
+                bounds = [floatToGoString(b) for b in histogram.buckets] + ["+Inf"]
+                family.add_metric(  # type: ignore[attr-defined]
+                    labels, list(zip(bounds, histogram.counts, strict=True)), histogram.sum
+                )
+                continue
+            number = snap.values[value.name]
+            if number is not None:  # a Time or Derived value is absent until there is one
+                family.add_metric(labels, number)  # type: ignore[attr-defined]
 
     def add_workspace(self, limit: tuple[int, float | None]) -> None:
+        """workflowCreditLimit.reached events that name no workflow: workflow_id=""."""
         count, at = limit
         if count:
-            self.credit_limit.add_metric([""], count)
+            self.families["credit_limit_count"].add_metric([""], count)  # type: ignore[attr-defined]
         if at is not None:
-            self.credit_limit_at.add_metric([""], at)
+            self.families["credit_limit_at"].add_metric([""], at)  # type: ignore[attr-defined]

@@ -87,10 +87,6 @@ class RunRenderer:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], _Lines] = {}
 
-    def render(self, runs: Iterable[RunState], now: float, sparse: bool) -> bytes:
-        """The five per-run families, each with its HELP and TYPE, as bytes."""
-        return b"".join(self.render_chunks(runs, now, sparse))
-
     def render_chunks(self, runs: Iterable[RunState], now: float, sparse: bool) -> Iterator[bytes]:
         """The same as chunks of about CHUNK_BYTES: a scrape of 10,000 runs (17 MB of
         text) never holds a second copy of the whole answer."""

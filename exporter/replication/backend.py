@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -88,7 +87,6 @@ class RedisBackend:
         self._renew = self.client.register_script(_RENEW)
         self._rate = self.client.register_script(_RATE)
         self.up = 0
-        self._lock = threading.Lock()
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

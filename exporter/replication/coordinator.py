@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 class RedisStore:
     """The StateStore of a replica: only the leader writes, in fenced transactions."""
 
-    name = "redis"
     persistent = True
 
     def __init__(self, backend: RedisBackend, coordinator: Coordinator):

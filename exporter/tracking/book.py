@@ -11,6 +11,7 @@ from typing import Any
 from exporter.config import Config, DiscoveryConfig
 from exporter.tracking.history import WorkflowHistory
 from exporter.tracking.persistence import Loaded, StateError, StateStore
+from exporter.tracking.values import DISTRIBUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class HistoryBook:
         self._deletes_lock = threading.Lock()  # the list of workflows to delete
         self._histories: dict[str, WorkflowHistory] = {}
         self._writer_lock = writer_lock or threading.RLock()
-        self._buckets: tuple[float, ...] = ()
+        self._buckets: dict[str, tuple[float, ...]] = {}  # per Distribution of values.py
         self._discovery: dict[str, DiscoveryConfig] = {}
         self.backend_up = 1
         self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
@@ -48,9 +49,11 @@ class HistoryBook:
 
     def configure(self, config: Config) -> None:
         """Follow the configured workflows: keep, restore or start each one's history."""
-        buckets = config.collector.duration_buckets_seconds
+        buckets = {
+            d.name: tuple(getattr(config.collector, d.buckets_option)) for d in DISTRIBUTIONS
+        }
         now = self._wall_clock()
-        self._buckets = tuple(buckets)
+        self._buckets = buckets
         self._discovery = {w.id: w.discovery for w in config.workflows}
         with self._lock:
             current = self._histories
@@ -72,12 +75,7 @@ class HistoryBook:
                     history = WorkflowHistory(workflow.id, now, buckets, workflow.discovery)
                 else:
                     history.discovery_config = workflow.discovery
-                    if history.buckets != tuple(buckets):
-                        with history.lock:
-                            history.buckets = tuple(buckets)
-                            history.bucket_hits = [0] * (len(buckets) + 1)
-                            history.duration_sum = 0.0
-                            history.meta_dirty = True
+                    history.rebucket(buckets)
                 history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
                 updated[workflow.id] = history
             for workflow_id in self._adopted - set(updated):

@@ -11,18 +11,24 @@ counted twice. Decisions that need `createdAt` wait until it is known."""
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from exporter.api.records import ALL_STATUSES, RunStatus
 from exporter.config import DiscoveryConfig
 from exporter.tracking.runs import MAX_SILENT_BACKOFF, silent_backoff
+from exporter.tracking.values import (
+    COUNTS,
+    DISTRIBUTIONS,
+    TIMES,
+    Histogram,
+    HistogramSnapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +102,8 @@ class WorkflowSnapshot:
     """What the collector needs, copied out under the lock."""
 
     workflow_id: str
-    created: int
-    finished: int
-    failed: int
-    retried: int
-    credits: float
-    buckets: tuple[float, ...]
-    bucket_counts: tuple[int, ...]  # cumulative, one per bucket, then +Inf
-    duration_sum: float
-    last_success: float | None
-    last_failure: float | None
-    last_created: float | None
-    oldest_active_created: float | None
-    credit_limit_count: int
-    credit_limit_at: float | None
+    values: dict[str, float | None]  # every Count, Time and Derived of values.py, by name
+    histograms: dict[str, HistogramSnapshot]  # every Distribution, by name
     status_counts: dict[RunStatus, int]
     active_runs: list[TrackedRun] = field(default_factory=list)  # oldest first, capped
     tracked: int = 0
@@ -120,23 +114,18 @@ class WorkflowHistory:
         self,
         workflow_id: str,
         watch_start: float,
-        buckets: Iterable[float],
+        buckets: Mapping[str, Iterable[float]],
         discovery: DiscoveryConfig | None = None,
     ):
+        """`buckets`: the bucket bounds of each Distribution of values.py, by name."""
         self.workflow_id = workflow_id
         self.lock = threading.RLock()
         self.watch_start = watch_start
         self.discovery_config = discovery or DiscoveryConfig()
-        self.buckets = tuple(buckets)
-        self.bucket_hits = [0] * (len(self.buckets) + 1)  # not cumulative; last is +Inf
-        self.duration_sum = 0.0
-        self.created = self.finished = self.failed = self.retried = 0
-        self.credits = 0.0
-        self.last_success: float | None = None
-        self.last_failure: float | None = None
-        self.last_created: float | None = None
-        self.credit_limit_count = 0
-        self.credit_limit_at: float | None = None
+        # counters (0) and times of the latest event (None until one), by name
+        self.values: dict[str, float | None] = {c.name: 0 for c in COUNTS}
+        self.values.update({t.name: None for t in TIMES})
+        self.histograms = {d.name: Histogram(tuple(buckets[d.name])) for d in DISTRIBUTIONS}
         self.forget_horizon = -math.inf  # runs this old or older were dropped by the cap
         self.discovery = DiscoveryState()
         self.runs: dict[str, TrackedRun] = {}
@@ -189,9 +178,7 @@ class WorkflowHistory:
                     self._drop(run)
                     return False
                 run.created_at = created_at
-                if self.last_created is None or created_at > self.last_created:
-                    self.last_created = created_at
-                    self.meta_dirty = True
+                self._latest("last_created", created_at)
             if credits is not None and self._takes_credits(run, status, reported):
                 run.credits = credits
                 if run.credits_pending:
@@ -296,9 +283,9 @@ class WorkflowHistory:
         at = run.terminal_at if run.terminal_at is not None else run.last_seen
         if run.status is RunStatus.FAILED:
             self._count("failed")
-            self.last_failure = max(self.last_failure or at, at)
+            self._latest("last_failure", at)
         else:
-            self.last_success = max(self.last_success or at, at)
+            self._latest("last_success", at)
         if run.credits is not None:
             self._add_credits(run.credits)
         else:
@@ -315,32 +302,37 @@ class WorkflowHistory:
         if run.created_at is None:
             return
         if run.status is RunStatus.FAILED:
-            self.last_failure = max(self.last_failure or run.created_at, run.created_at)
+            self._latest("last_failure", run.created_at)
         else:
-            self.last_success = max(self.last_success or run.created_at, run.created_at)
+            self._latest("last_success", run.created_at)
         self.meta_dirty = True
 
     def _observe_duration(self, run: TrackedRun) -> None:
         assert run.created_at is not None
         end = run.terminal_at if run.terminal_at is not None else run.last_seen
         seconds = max(0.0, end - run.created_at)
-        self.bucket_hits[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.duration_sum += seconds
+        self.histograms["duration"].observe(seconds)
         self.meta_dirty = True
 
-    def _count(self, name: str) -> None:
-        setattr(self, name, getattr(self, name) + 1)
+    def _count(self, name: str, amount: float = 1) -> None:
+        """Add to one of the Counts of values.py."""
+        self.values[name] += amount  # type: ignore[operator]
         self.meta_dirty = True
 
     def _add_credits(self, credits: float) -> None:
-        self.credits += credits
-        self.meta_dirty = True
+        self._count("credits", credits)
+
+    def _latest(self, name: str, when: float) -> None:
+        """One of the Times of values.py: it only moves forward."""
+        current = self.values[name]
+        if current is None or when > current:
+            self.values[name] = when
+            self.meta_dirty = True
 
     def credit_limit_reached(self, when: float) -> None:
         with self.lock:
-            self.credit_limit_count += 1
-            self.credit_limit_at = max(self.credit_limit_at or when, when)
-            self.meta_dirty = True
+            self._count("credit_limit_count")
+            self._latest("credit_limit_at", when)
 
     # --- keeping it bounded ----------------------------------------------------------
 
@@ -461,10 +453,6 @@ class WorkflowHistory:
 
     def snapshot(self, run_series_limit: int = 0) -> WorkflowSnapshot:
         with self.lock:
-            cumulative, total = [], 0
-            for hits in self.bucket_hits:
-                total += hits
-                cumulative.append(total)
             active_runs: list[TrackedRun] = []
             if run_series_limit > 0:
                 candidates = [self.runs[r] for r in self._active if not self.runs[r].pinned]
@@ -473,22 +461,15 @@ class WorkflowHistory:
                     TrackedRun(**{s: getattr(r, s) for s in TrackedRun.__slots__})  # type: ignore[attr-defined]
                     for r in candidates[:run_series_limit]
                 ]
+            values = dict(self.values)
+            values["oldest_active_created"] = self.oldest_active_created()  # the Derived one
             return WorkflowSnapshot(
                 workflow_id=self.workflow_id,
-                created=self.created,
-                finished=self.finished,
-                failed=self.failed,
-                retried=self.retried,
-                credits=self.credits,
-                buckets=self.buckets,
-                bucket_counts=tuple(cumulative),
-                duration_sum=self.duration_sum,
-                last_success=self.last_success,
-                last_failure=self.last_failure,
-                last_created=self.last_created,
-                oldest_active_created=self.oldest_active_created(),
-                credit_limit_count=self.credit_limit_count,
-                credit_limit_at=self.credit_limit_at,
+                values=values,
+                histograms={
+                    name: HistogramSnapshot(h.buckets, h.cumulative(), h.sum)
+                    for name, h in self.histograms.items()
+                },
                 status_counts={s: self._status_counts.get(s, 0) for s in ALL_STATUSES},
                 active_runs=active_runs,
                 tracked=len(self.runs),
@@ -497,25 +478,17 @@ class WorkflowHistory:
     # --- persistence -----------------------------------------------------------------
 
     def meta_record(self) -> dict[str, Any]:
+        """Everything about the workflow but its runs, as persisted (values.py's names)."""
         with self.lock:
-            return {
-                "watch_start": self.watch_start,
-                "created": self.created,
-                "finished": self.finished,
-                "failed": self.failed,
-                "retried": self.retried,
-                "credits": self.credits,
-                "buckets": list(self.buckets),
-                "bucket_hits": list(self.bucket_hits),
-                "duration_sum": self.duration_sum,
-                "last_success": self.last_success,
-                "last_failure": self.last_failure,
-                "last_created": self.last_created,
-                "credit_limit_count": self.credit_limit_count,
-                "credit_limit_at": self.credit_limit_at,
-                "forget_horizon": None if self.forget_horizon == -math.inf else self.forget_horizon,
-                "discovery": asdict(self.discovery),
-            }
+            record: dict[str, Any] = {"watch_start": self.watch_start}
+            record.update((v.name, self.values[v.name]) for v in (*COUNTS, *TIMES))
+            for dist in DISTRIBUTIONS:
+                record.update(self.histograms[dist.name].record(dist.keys))
+            record["forget_horizon"] = (
+                None if self.forget_horizon == -math.inf else self.forget_horizon
+            )
+            record["discovery"] = asdict(self.discovery)
+            return record
 
     def take_changes(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
         """What changed since the last call: (meta or None, changed runs, removed ids)."""
@@ -533,6 +506,14 @@ class WorkflowHistory:
             self.meta_dirty = False
             self.dirty_runs.clear()
             self.removed_runs.clear()
+
+    def rebucket(self, buckets: Mapping[str, Iterable[float]]) -> None:
+        """New bucket bounds from a reload: a histogram whose bounds changed restarts."""
+        with self.lock:
+            for name, bounds in buckets.items():
+                if self.histograms[name].buckets != tuple(bounds):
+                    self.histograms[name] = Histogram(tuple(bounds))
+                    self.meta_dirty = True
 
     def mark_dirty(self) -> None:
         """Everything is written again at the next flush."""
@@ -553,7 +534,7 @@ class WorkflowHistory:
         workflow_id: str,
         meta: dict[str, Any],
         runs: Iterable[dict[str, Any]],
-        buckets: Iterable[float],
+        buckets: Mapping[str, Iterable[float]],
         discovery: DiscoveryConfig | None,
     ) -> WorkflowHistory:
         history = cls(workflow_id, float(meta["watch_start"]), buckets, discovery)
@@ -596,21 +577,21 @@ class WorkflowHistory:
 
     def _load_meta(self, meta: dict[str, Any]) -> None:
         self.watch_start = float(meta["watch_start"])
-        for name in ("created", "finished", "failed", "retried", "credit_limit_count"):
-            setattr(self, name, int(meta.get(name, 0)))
-        self.credits = float(meta.get("credits", 0.0))
-        for name in ("last_success", "last_failure", "last_created", "credit_limit_at"):
-            setattr(self, name, meta.get(name))
+        for count in COUNTS:
+            kind = int if count.integer else float
+            self.values[count.name] = kind(meta.get(count.name, 0))
+        for time in TIMES:
+            self.values[time.name] = meta.get(time.name)
         horizon = meta.get("forget_horizon")
         self.forget_horizon = -math.inf if horizon is None else float(horizon)
-        if tuple(meta.get("buckets", ())) == self.buckets:
-            self.bucket_hits = [int(x) for x in meta["bucket_hits"]]
-            self.duration_sum = float(meta.get("duration_sum", 0.0))
-        elif any(meta.get("bucket_hits", ())):
-            log.warning(
-                "workflow_id=%s duration buckets changed; the duration histogram restarts",
-                self.workflow_id,
-            )
+        for dist in DISTRIBUTIONS:
+            if not self.histograms[dist.name].load(meta, dist.keys):
+                log.warning(
+                    "workflow_id=%s %s buckets changed; the %s histogram restarts",
+                    self.workflow_id,
+                    dist.name,
+                    dist.metric,
+                )
         known = set(DiscoveryState.__dataclass_fields__)
         self.discovery = DiscoveryState(
             **{k: v for k, v in meta.get("discovery", {}).items() if k in known}

@@ -24,7 +24,6 @@ class StateError(Exception):
 
 
 class StateStore(Protocol):
-    name: str
     persistent: bool  # False: save() keeps nothing, so no record need be built for it
 
     def load(self) -> Loaded: ...
@@ -39,7 +38,6 @@ class StateStore(Protocol):
 class MemoryStore:
     """No persistence: a restart starts every workflow's history afresh."""
 
-    name = "memory"
     persistent = False
 
     def load(self) -> Loaded:
@@ -56,7 +54,6 @@ class MemoryStore:
 
 
 class SqliteStore:
-    name = "sqlite"
     persistent = True
 
     def __init__(self, path: str):
