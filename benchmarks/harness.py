@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "demo-key"  # the simulator's default key
 # What Prometheus 2.x/3.x sends (the exporter answers the classic text format anyway).
@@ -35,13 +37,6 @@ PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-
-
-def free_port() -> int:
-    """A port nothing listens on now (bound and released; the caller binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- child processes -----------------------------------------------------------------
@@ -477,27 +472,6 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": f"{platform.system()} {platform.release()}",
     }
-
-
-class FakeClock:
-    """Monotonic and wall clocks that move only when told to (thread-safe)."""
-
-    def __init__(self, wall_start: float | None = None):
-        self._lock = threading.Lock()
-        self.now = 1_000.0
-        self._wall_offset = (time.time() if wall_start is None else wall_start) - self.now
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def wall(self) -> float:
-        with self._lock:
-            return self.now + self._wall_offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 # --- configs -------------------------------------------------------------------------

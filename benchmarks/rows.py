@@ -15,7 +15,6 @@ from typing import Any
 
 from benchmarks.harness import (
     API_KEY,
-    FakeClock,
     Scrape,
     SimClient,
     SlowClients,
@@ -33,6 +32,7 @@ from exporter.runtime import Exporter
 from exporter.tracking.persistence import MemoryStore
 from exporter.web.app import ExporterApp, WebOptions
 from exporter.web.http import HttpServer
+from tests.support.clocks import FakeClock
 
 
 class LocalExporter:
@@ -130,7 +130,7 @@ def steady_state(
     """Drive the exporter's clocks through `intervals` refresh intervals of scrapes by
     `scrapers` servers (after one cold scrape) and count the API calls exactly."""
     refresh = float(document["collector"]["refresh_interval_seconds"])
-    clock = FakeClock()
+    clock = FakeClock(wall_start=time.time())
     with LocalExporter(document, clock) as local:
         runs = len(local.exporter.store)
         first = scrape(local.host, local.port, timeout_header=60)
@@ -244,7 +244,7 @@ def discovery(
     """The first complete picture of a `discover: true` workflow, then one refresh per
     step (simulated time moves one refresh interval), after adding that many new
     (finished) runs to the simulator."""
-    clock = FakeClock()
+    clock = FakeClock(wall_start=time.time())
     document = exporter_document(
         sim.base_url,
         [{"id": workflow_id, "discover": True, "discovery": discovery_config}],

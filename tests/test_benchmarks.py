@@ -20,6 +20,8 @@ from exporter.sim.http import RunningSimulator
 from exporter.sim.scenarios import bulk_world
 from exporter.web.http import HttpServer
 
+pytestmark = pytest.mark.slow
+
 
 def serve(world) -> Iterator[SimClient]:
     running = RunningSimulator(world)

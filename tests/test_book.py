@@ -8,7 +8,8 @@ import threading
 from exporter.config import build_config
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.persistence import Change, Loaded
-from tests.conftest import API_KEY, wait_for
+from tests.support.exporters import API_KEY
+from tests.support.polling import wait_for
 
 
 class BlockingStore:

@@ -4,99 +4,16 @@ exit codes, and that the API key never reaches the logs."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 
-import pytest
 import requests
 
 from exporter import __version__
-from tests.conftest import API_KEY, names, parse_samples, sample, wait_for
-
-LISTENING = re.compile(r"listening url=(http://\S+?)/metrics")
-
-
-class Process:
-    """A copyai-exporter subprocess whose stderr lines are collected as they come."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 15) -> re.Match[str]:
-        def found():
-            while not self.lines.empty():
-                self.seen.append(self.lines.get())
-            for line in self.seen:
-                match = pattern.search(line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and self.lines.empty():
-                pytest.fail(f"exited {self.proc.returncode}: {''.join(self.seen)}")
-            return None
-
-        return wait_for(found, timeout=timeout)
-
-    def log_text(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-
-@pytest.fixture
-def spawn() -> Iterator:
-    started: list[Process] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Process:
-        process = Process(list(args), env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+from tests.support.exporters import API_KEY
+from tests.support.processes import LISTENING, run_cli
+from tests.support.samples import names, parse_samples, sample
 
 
 def write_config(path, base_url: str, runs: list[str], workflow: str = "WCFG-test") -> None:

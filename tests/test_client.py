@@ -36,6 +36,7 @@ from exporter.api.client import (
 from exporter.api.errors import ApiError, ErrorKind
 from exporter.api.records import Run, RunStatus
 from exporter.config import ApiConfig, Secret
+from tests.support import api_examples
 
 API_KEY = "canary-key-123"
 BASE_URL = "https://api.test/api"
@@ -186,18 +187,7 @@ SECOND_EXAMPLE_WORKFLOW_ID = "WCFG-84e56597-ebaf-4b49-a98c-75cacd4aecaa"
         pytest.param(
             SECOND_EXAMPLE_WORKFLOW_ID,
             SECOND_EXAMPLE_RUN_ID,
-            {
-                "status": "success",
-                "data": {
-                    "output": {"text": "workflow run output"},
-                    "metadata": {"interestingValue": "doublelyInterestingValue"},
-                    "createdAt": "2023-09-27T18:34:13.091Z",
-                    "id": SECOND_EXAMPLE_RUN_ID,
-                    "workflowRunId": SECOND_EXAMPLE_RUN_ID,
-                    "workflowId": SECOND_EXAMPLE_WORKFLOW_ID,
-                    "credits": "9001",
-                },
-            },
+            api_examples.body("get_run_without_status.json"),
             Run(
                 run_id=SECOND_EXAMPLE_RUN_ID,
                 status=RunStatus.UNKNOWN,

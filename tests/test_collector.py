@@ -10,7 +10,9 @@ import pytest
 import responses
 
 from exporter.runtime import Exporter
-from tests.conftest import FakeClock, make_config, names, parse_samples, sample
+from tests.support.clocks import FakeClock
+from tests.support.exporters import make_config
+from tests.support.samples import names, parse_samples, sample
 
 BASE = "https://api.test/api"
 WF = "WCFG-84e56597-ebaf-4b49-a98c-75cacd4aecaa"

@@ -6,7 +6,6 @@ say what each body means. Placeholders such as <run_id> become valid IDs here.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,53 +19,27 @@ from exporter.api.records import error_code, unwrap_success
 from exporter.config import ApiConfig, Secret, build_config
 from exporter.web.http import HttpServer
 from exporter.web.webhooks import WebhookApp
-from tests.conftest import API_KEY, Samples, sample
+from tests.support.api_examples import (
+    FIXTURES,
+    WEBHOOK_ID,
+    WORKFLOW_ID,
+    load,
+    names,
+    run_id_for,
+    substitute,
+)
+from tests.support.exporters import API_KEY
+from tests.support.samples import Samples, sample
 
-FIXTURES = Path(__file__).parent / "fixtures" / "api"
 BASE = "http://copyai.test/api"
-WF = "WCFG-contract"
-HOOK_ID = "WHK-contract-1"
+WF = WORKFLOW_ID
+HOOK_ID = WEBHOOK_ID
 TOKEN = "contract-token-6a2f9e1c47b8d305"
 DOCS_TIME = 1_696_118_400.0  # 2023-10-01, after every documented example
-PLACEHOLDERS = {"<workflow_id>": WF, "<webhook_id>": HOOK_ID, "<tool_key>": "tool-key"}
-
-
-def run_id_for(name: str, index: int = 0) -> str:
-    """A valid run ID per fixture (and per list item), the same on every call."""
-    number = sorted(p.name for p in FIXTURES.glob("*.json")).index(name) * 10 + index
-    return f"WRUN-00000000-0000-4000-8000-{number:012d}"
-
-
-def substitute(node: Any, run_id: str) -> Any:
-    if isinstance(node, str):
-        return run_id if node == "<run_id>" else PLACEHOLDERS.get(node, node)
-    if isinstance(node, list):
-        return [substitute(item, run_id) for item in node]
-    if isinstance(node, dict):
-        return {key: substitute(value, run_id) for key, value in node.items()}
-    return node
-
-
-def load(name: str) -> dict[str, Any]:
-    """A fixture with its placeholders filled: the run ID of a list's item i is
-    run_id_for(name, i), of anything else run_id_for(name)."""
-    document = json.loads((FIXTURES / name).read_text())
-    assert document["source"]["page"], f"{name} must name the page it comes from"
-    run_id = run_id_for(name)
-    if document["endpoint"] == "list_runs":
-        items = document["body"]["data"]["data"]
-        document["body"]["data"]["data"] = [
-            substitute(item, run_id_for(name, i)) for i, item in enumerate(items)
-        ]
-        for i, run in enumerate(document["expect"]["runs"]):
-            run["run_id"] = run_id_for(name, i)
-        return document
-    return substitute(document, run_id)
 
 
 def fixtures(*endpoints: str) -> list[str]:
-    names = sorted(p.name for p in FIXTURES.glob("*.json"))
-    return [n for n in names if not endpoints or load(n)["endpoint"] in endpoints]
+    return [n for n in names() if not endpoints or load(n)["endpoint"] in endpoints]
 
 
 def body_bytes(document: dict[str, Any]) -> bytes:

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from exporter.runtime import Exporter
-from tests.conftest import make_config, names, parse_samples, sample, sim_stats, wait_for
+from tests.support.exporters import make_config, sim_stats
+from tests.support.polling import wait_for
+from tests.support.samples import names, parse_samples, sample
 
 WF = "WCFG-discover"
 DONE = [("COMPLETE", None)]

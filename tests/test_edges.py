@@ -7,10 +7,6 @@ simulator, and the counters are checked against its ground truth."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 import requests
@@ -20,38 +16,15 @@ from exporter.api.registration import WebhookRegistrar
 from exporter.config import WEBHOOK_EVENT_TYPES, Config, WebhookRegistration, build_config
 from exporter.sim.world import World
 from exporter.tracking.runs import DUE_EARLY, MAX_SILENT_BACKOFF, RunKey, RunStore
-from exporter.web.http import HttpServer
-from exporter.web.webhooks import WebhookApp
-from tests.conftest import (
-    API_KEY,
-    FakeClock,
-    RunningExporter,
-    Samples,
-    sample,
-    sim_stats,
-    wait_for,
-)
+from tests.support.clocks import FakeClock, ShiftedClock
+from tests.support.exporters import API_KEY, Receiver, sim_stats
+from tests.support.polling import wait_for
+from tests.support.samples import Samples, sample
 
 TOKEN = "edge-token-5c1e9a7d30b4f826"
 WF = "WCFG-edges"
 STATUSES = ("NEW", "WAITING", "PROCESSING", "COMPLETE", "RETRYING", "FAILED", "UNKNOWN")
 STARTED, COMPLETED, FAILED, _CREDIT_LIMIT = WEBHOOK_EVENT_TYPES
-
-
-class ShiftedClock:
-    """Wall time plus an offset the test moves: simulated runs end when told to."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._offset = 0.0
-
-    def __call__(self) -> float:
-        with self._lock:
-            return time.time() + self._offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._offset += seconds
 
 
 def edge_config(sim, workflows: list[dict], *, refresh: float = 0.0, hooks: bool = True) -> Config:
@@ -65,35 +38,6 @@ def edge_config(sim, workflows: list[dict], *, refresh: float = 0.0, hooks: bool
     return build_config(
         document, source="test", env={"COPYAI_API_KEY": API_KEY, "COPYAI_WEBHOOK_TOKEN": TOKEN}
     )
-
-
-@dataclass
-class Receiver:
-    running: RunningExporter
-    server: HttpServer
-
-    @property
-    def hook_url(self) -> str:
-        return f"{self.server.url}/webhook/{TOKEN}"
-
-    def scrape(self) -> Samples:
-        return self.running.scrape()
-
-
-@pytest.fixture
-def start_receiver(start_exporter) -> Iterator[Callable[..., Receiver]]:
-    servers: list[HttpServer] = []
-
-    def start(config: Config, **exporter_kwargs) -> Receiver:
-        running = start_exporter(config, process_metrics=False, **exporter_kwargs)
-        exporter = running.exporter
-        server = HttpServer(WebhookApp(lambda: exporter.config.webhooks, exporter), "127.0.0.1:0")
-        servers.append(server.start())
-        return Receiver(running, server)
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def subscribe(world: World, receiver: Receiver, workflow_id: str | None = WF) -> None:

@@ -37,15 +37,9 @@ import requests
 from exporter.sim.faults import gzip_bomb
 from exporter.sim.http import RunningSimulator
 from exporter.sim.world import World
-from tests.conftest import (
-    API_KEY,
-    RunningExporter,
-    Samples,
-    make_config,
-    parse_samples,
-    sample,
-    wait_for,
-)
+from tests.support.exporters import API_KEY, RunningExporter, make_config
+from tests.support.polling import wait_for
+from tests.support.samples import Samples, parse_samples, sample
 
 WORKFLOW = "WCFG-faults"
 SCRAPES_DURING_FAULT = 3
@@ -394,6 +388,7 @@ def check_rate_limited_counts(
     assert h.log_kinds() == {"rate_limited"}
 
 
+@pytest.mark.slow
 def test_429_with_retry_after_seconds_paces_every_request(
     harness: Callable[..., Harness],
 ) -> None:
@@ -430,6 +425,7 @@ def test_429_with_retry_after_seconds_paces_every_request(
     recovers(h)
 
 
+@pytest.mark.slow
 def test_429_with_retry_after_http_date_holds_back_until_then(
     harness: Callable[..., Harness],
 ) -> None:

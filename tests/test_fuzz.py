@@ -63,8 +63,10 @@ from exporter.config import (
 from exporter.metrics.telemetry import REJECT_REASONS
 from exporter.runtime import Exporter
 from exporter.web.webhooks import WebhookApp
-from tests.conftest import make_config, wait_for
-from tests.test_cli import LISTENING, Process
+from tests.support import api_examples
+from tests.support.exporters import make_config
+from tests.support.polling import wait_for
+from tests.support.processes import LISTENING, Process
 
 FUZZ = settings(
     derandomize=True,
@@ -684,50 +686,13 @@ JSON_VALUES = st.recursive(
 )
 
 RUN_ID = "WRUN-dc46baf3-cb19-4424-be04-95ba630409bf"
-RUN_EXAMPLES = [  # COPYAI_API.md, verbatim
-    {
-        "status": "success",
-        "data": {
-            "status": "COMPLETE",
-            "input": {"Input 1": "..."},
-            "output": {"Output 1": "..."},
-            "metadata": {"api": True},
-            "createdAt": "2023-04-06T22:34:46.704Z",
-            "id": RUN_ID,
-            "credits": 2,
-        },
-    },
-    {
-        "status": "success",
-        "data": {
-            "output": {"text": "workflow run output"},
-            "metadata": {"interestingValue": "doublelyInterestingValue"},
-            "createdAt": "2023-09-27T18:34:13.091Z",
-            "id": RUN_ID,
-            "workflowRunId": RUN_ID,
-            "workflowId": "WCFG-84e56597-ebaf-4b49-a98c-75cacd4aecaa",
-            "credits": "9001",
-        },
-    },
+# the documentation's own bodies (tests/fixtures/api), which the mutations start from
+RUN_EXAMPLES = [
+    api_examples.body("get_run_complete.json"),
+    api_examples.body("get_run_without_status.json"),
 ]
-LIST_EXAMPLE = {
-    "status": "success",
-    "data": {
-        "total": 2,
-        "data": [
-            {
-                "status": "COMPLETE",
-                "createdAt": "2023-04-29T15:08:01.326Z",
-                "id": "WRUN-a",
-                "credits": 2,
-                "metadata": None,
-                "input": {},
-                "output": {},
-            },
-            {"status": "COMPLETE", "createdAt": "2023-04-29T15:08:01.326Z", "id": "WRUN-b"},
-        ],
-    },
-}
+LIST_EXAMPLE = api_examples.body("list_runs.json")
+LISTED_RUN = api_examples.run_id_for("list_runs.json")
 WEBHOOK_LIST_EXAMPLE = {
     "total": 2,
     "data": [
@@ -797,7 +762,7 @@ def test_payload_parsers_raise_only_payload_error():
     def check(value: Any) -> None:
         data = _parsed(unwrap_success, value)
         for candidate in (value, data):
-            for expected in (None, RUN_ID, "WRUN-a"):
+            for expected in (None, RUN_ID, LISTED_RUN):
                 run = _parsed(lambda v, e=expected: parse_run(v, expected_run_id=e), candidate)
                 if run is not None:
                     _check_run(run)

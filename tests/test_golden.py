@@ -23,7 +23,8 @@ from exporter.runtime import Exporter
 from exporter.sim.http import RunningSimulator
 from exporter.sim.world import World
 from exporter.tracking.persistence import MemoryStore
-from tests.conftest import API_KEY, FakeClock
+from tests.support.clocks import FakeClock
+from tests.support.exporters import API_KEY
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

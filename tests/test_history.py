@@ -13,7 +13,7 @@ from exporter.config import Config, DiscoveryConfig
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.history import BASELINE, WATCHED, TrackedRun, WorkflowHistory
 from exporter.tracking.persistence import MemoryStore, StateError
-from tests.conftest import make_config
+from tests.support.exporters import make_config
 
 S = RunStatus
 WF = "WCFG-history"

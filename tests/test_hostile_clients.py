@@ -35,9 +35,13 @@ from exporter.web.connections import (
 )
 from exporter.web.http import HttpServer
 from exporter.web.webconfig import WebState
-from tests.conftest import API_KEY, parse_samples, sample, wait_for
-from tests.test_cli import LISTENING, Process
-from tests.test_web_security import pki, tls_config, web_file  # noqa: F401 (pki: a fixture)
+from tests.support.exporters import API_KEY
+from tests.support.pki import tls_config, web_file
+from tests.support.polling import wait_for
+from tests.support.processes import LISTENING, Process
+from tests.support.samples import parse_samples, sample
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "hostile-test-token-0123456789"
 WEBHOOK_LISTENING = re.compile(r"webhook receiver listening url=(http://\S+?)/webhook/")
@@ -229,7 +233,7 @@ def test_a_request_being_answered_is_never_hurried(serve):
     waiting.close()
 
 
-def test_a_client_silent_in_its_tls_handshake_is_cut_when_another_waits(pki, tmp_path):  # noqa: F811
+def test_a_client_silent_in_its_tls_handshake_is_cut_when_another_waits(pki, tmp_path):
     web = WebState(web_file(tmp_path, tls_config(pki)))
     recorder = Recorder()
     server = HttpServer(App(), "127.0.0.1:0", web, max_connections=1, observer=recorder).start()

@@ -20,7 +20,9 @@ import requests
 
 from exporter.api.records import Run, RunStatus
 from exporter.web.connections import HEADER_DEADLINE_SECONDS
-from tests.conftest import RunningExporter, make_config, parse_samples, sample, wait_for
+from tests.support.exporters import RunningExporter, make_config
+from tests.support.polling import wait_for
+from tests.support.samples import parse_samples, sample
 
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 
@@ -197,6 +199,7 @@ def slow_clients(exporter) -> Iterator[tuple[Trickler, list[socket.socket]]]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_slow_clients_do_not_hold_up_scrapes_and_are_cut_at_the_header_deadline(
     exporter, slow_clients
 ):

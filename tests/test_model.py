@@ -18,27 +18,12 @@ from exporter.api.records import (
     parse_timestamp,
     unwrap_success,
 )
+from tests.support import api_examples
 
-# The two documented answers of GET /workflow/{workflow_id}/run/{run_id}, verbatim.
-FIRST_EXAMPLE = """
-{"status": "success",
- "data": {"status": "COMPLETE",
-          "input": {"Input 1": "..."}, "output": {"Output 1": "..."},
-          "metadata": {"api": true},
-          "createdAt": "2023-04-06T22:34:46.704Z",
-          "id": "<run_id>", "credits": 2}}
-""".replace("<run_id>", "WRUN-0f9e8d7c-6b5a-4321-8000-000000000001")
-
-SECOND_EXAMPLE = """
-{"status": "success",
- "data": {"output": {"text": "workflow run output"},
-          "metadata": {"interestingValue": "doublelyInterestingValue"},
-          "createdAt": "2023-09-27T18:34:13.091Z",
-          "id": "WRUN-dc46baf3-cb19-4424-be04-95ba630409bf",
-          "workflowRunId": "WRUN-dc46baf3-cb19-4424-be04-95ba630409bf",
-          "workflowId": "WCFG-84e56597-ebaf-4b49-a98c-75cacd4aecaa",
-          "credits": "9001"}}
-"""
+# The two documented answers of GET /workflow/{workflow_id}/run/{run_id}
+# (tests/fixtures/api, each naming its page).
+FIRST_EXAMPLE = json.dumps(api_examples.body("get_run_complete.json"))
+SECOND_EXAMPLE = json.dumps(api_examples.body("get_run_without_status.json"))
 
 RUN_ID = "WRUN-dc46baf3-cb19-4424-be04-95ba630409bf"
 
@@ -60,7 +45,7 @@ def record(**fields: object) -> dict[str, object]:
 def test_first_documented_example():
     run = parse_run(unwrap_success(json.loads(FIRST_EXAMPLE)))
     assert run == Run(
-        run_id="WRUN-0f9e8d7c-6b5a-4321-8000-000000000001",
+        run_id=api_examples.run_id_for("get_run_complete.json"),
         status=RunStatus.COMPLETE,
         created_at=1680820486.704,
         credits=2.0,

@@ -26,7 +26,7 @@ from exporter.tracking.observations import (
 )
 from exporter.tracking.persistence import MemoryStore
 from exporter.tracking.runs import RunStore
-from tests.conftest import API_KEY
+from tests.support.exporters import API_KEY
 
 WF = "WCFG-obs"
 MESSAGES = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,13 @@ from exporter.sim.world import World
 from exporter.web.app import ExporterApp, WebOptions
 from exporter.web.http import HttpServer
 from exporter.web.webhooks import WebhookApp
-from tests.conftest import API_KEY, parse_samples, require_tool, wait_for
+from tests.support.exporters import API_KEY
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.samples import parse_samples
+from tests.support.tools import require_tool
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "prometheus" / "alerts.yml"
@@ -121,12 +126,6 @@ def test_dashboard_uses_only_built_in_panels_and_a_datasource_variable():
 
 
 # --- the live stack --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

@@ -28,7 +28,11 @@ import yaml
 from exporter.cli import DEFAULT_PORT, build_parser
 from exporter.sim.scenarios import demo_world
 from exporter.sim.world import DEFAULT_API_KEY
-from tests.conftest import IN_CI, make_config, require_tool, wait_for
+from tests.support.exporters import make_config
+from tests.support.polling import wait_for
+from tests.support.tools import IN_CI, require_tool
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

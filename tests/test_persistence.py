@@ -21,8 +21,10 @@ import requests
 from exporter.api.records import RunStatus
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.persistence import MemoryStore, SqliteStore, StateError
-from tests.conftest import API_KEY, Samples, make_config, parse_samples, sample, wait_for
-from tests.test_cli import LISTENING, Process, run_cli
+from tests.support.exporters import API_KEY, make_config
+from tests.support.polling import wait_for
+from tests.support.processes import LISTENING, Process, run_cli
+from tests.support.samples import Samples, parse_samples, sample
 
 REPO = Path(__file__).resolve().parents[1]
 WF = "WCFG-persist"

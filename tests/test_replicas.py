@@ -19,7 +19,13 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import API_KEY, Redis, free_port, parse_samples, sample, sim_stats, wait_for
+from tests.support.exporters import API_KEY, sim_stats
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.redis import Redis
+from tests.support.samples import parse_samples, sample
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LISTENING = re.compile(r"listening url=(http://\S+?)/metrics")
 WF = "WCFG-ha"

@@ -10,12 +10,10 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,8 @@ import yaml
 from exporter.config import build_config
 from exporter.logs import REDACTED, REDACTOR, setup_logging
 from exporter.runtime import Exporter
-from tests.conftest import parse_samples, sample, sim_stats, wait_for
+from tests.support.exporters import sim_stats
+from tests.support.samples import parse_samples, sample
 
 CANARY = "cpy-canary-K8sV2qLx7Rm4Tz9WpB3n"
 ROTATED = "cpy-rotated-Hc5Jw1Ne6Ua0Gy3Sd8f"
@@ -50,85 +49,6 @@ def assert_no_key(text: str, where: str, *secrets: str) -> None:
 def clean_env(**extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("COPYAI_")}
     return {**base, **extra}
-
-
-class Cli:
-    """The real exporter in a subprocess; everything it writes is kept."""
-
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._new: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(
-                target=self._pump, args=(self.proc.stderr, self.stderr, self._new), daemon=True
-            ),
-        ]
-        for pump in self._pumps:
-            pump.start()
-        self._seen: list[str] = []
-
-    @staticmethod
-    def _pump(stream, into: list[str], new: queue.SimpleQueue | None = None) -> None:
-        for line in stream:
-            into.append(line)
-            if new is not None:
-                new.put(line)
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 15) -> re.Match[str]:
-        def found() -> re.Match[str] | None:
-            while not self._new.empty():
-                self._seen.append(self._new.get())
-            for line in self._seen:
-                match = pattern.search(line)
-                if match:
-                    self._seen.remove(line)  # the next wait looks for a new line
-                    return match
-            if self.proc.poll() is not None and self._new.empty():
-                pytest.fail(f"exited {self.proc.returncode}: {''.join(self.stderr)}")
-            return None
-
-        return wait_for(found, timeout=timeout)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        for pump in self._pumps:
-            pump.join(timeout=10)
-        return code
-
-    def output(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
-
-
-@pytest.fixture
-def spawned() -> Iterator:
-    started: list[Cli] = []
-
-    def start(args: list[str], env: dict[str, str]) -> Cli:
-        cli = Cli(args, env)
-        started.append(cli)
-        return cli
-
-    yield start
-    for cli in started:
-        if cli.proc.poll() is None:
-            cli.proc.kill()
-            cli.proc.wait()
 
 
 def write_config(path: Path, base_url: str, runs: list[str], key_file: Path | None) -> None:
@@ -186,7 +106,7 @@ class Served:
 
 @pytest.mark.parametrize("log_format", ["logfmt", "json"])
 @pytest.mark.parametrize("key_source", ["env", "key_file"])
-def test_the_key_never_leaves_the_process(world, sim, spawned, tmp_path, key_source, log_format):
+def test_the_key_never_leaves_the_process(world, sim, spawn, tmp_path, key_source, log_format):
     world.api_key = CANARY
     runs = populate(world)
     key_file = None
@@ -198,8 +118,8 @@ def test_the_key_never_leaves_the_process(world, sim, spawned, tmp_path, key_sou
         key_file.write_text(CANARY + "\n")
     config = tmp_path / "config.yaml"
     write_config(config, sim.base_url, runs, key_file)
-    cli = spawned(
-        [
+    cli = spawn(
+        *[
             "--config.file",
             str(config),
             "--web.listen-address",
@@ -208,7 +128,8 @@ def test_the_key_never_leaves_the_process(world, sim, spawned, tmp_path, key_sou
             "--log.level=debug",
             f"--log.format={log_format}",
         ],
-        env,
+        env=env,
+        clean_env=True,
     )
     served = Served(cli.wait_for_line(LISTENING).group(1))
     assert served.up() == 1
@@ -288,18 +209,19 @@ def test_check_config_never_prints_the_key(tmp_path, name):
     assert_no_key(result.stdout + result.stderr, f"--check-config ({name})")
 
 
-def test_a_rotated_key_file_is_used_after_sighup(world, sim, spawned, tmp_path):
+def test_a_rotated_key_file_is_used_after_sighup(world, sim, spawn, tmp_path):
     world.api_key = CANARY
     runs = populate(world)
     key_file = tmp_path / "copyai_api_key"
     key_file.write_text(CANARY + "\n")
     config = tmp_path / "config.yaml"
     write_config(config, sim.base_url, runs, key_file)
-    cli = spawned(
-        ["--config.file", str(config), "--web.listen-address", "127.0.0.1:0", "--log.level=debug"],
-        clean_env(),
+    cli = spawn(
+        *["--config.file", str(config), "--web.listen-address", "127.0.0.1:0", "--log.level=debug"],
+        env=clean_env(),
+        clean_env=True,
     )
-    served = Served(cli.wait_for_line(LISTENING).group(1))
+    served = Served(cli.wait_for_line(LISTENING, consume=True).group(1))
     assert served.up() == 1
 
     world.api_key = ROTATED  # the old key is revoked
@@ -307,7 +229,7 @@ def test_a_rotated_key_file_is_used_after_sighup(world, sim, spawned, tmp_path):
 
     key_file.write_text(ROTATED + "\n")
     cli.proc.send_signal(signal.SIGHUP)
-    cli.wait_for_line(re.compile("configuration applied"))
+    cli.wait_for_line(re.compile("configuration applied"), consume=True)
     requests.post(f"{control_url(sim)}/stats/reset", timeout=5).raise_for_status()
     samples = parse_samples(served.request("GET", "/metrics", 200).text)
     assert sample(samples, "copyai_up") == 1

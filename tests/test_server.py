@@ -8,18 +8,13 @@ import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from exporter.web.app import WebOptions, _gzipped
-from tests.conftest import (
-    API_KEY,
-    make_config,
-    names,
-    parse_samples,
-    require_tool,
-    sample,
-    sim_stats,
-)
+from tests.support.exporters import API_KEY, make_config, sim_stats
+from tests.support.samples import names, parse_samples, sample
+from tests.support.tools import require_tool
 
 
 def sim_config(sim, refresh: float = 30.0, **api):
@@ -103,6 +98,7 @@ def test_concurrent_scrapes_share_one_refresh(sim, world, start_exporter):
         assert len(names(samples, "copyai_workflow_run_fetch_success")) == len(runs)
 
 
+@pytest.mark.slow
 def test_scrape_answers_within_its_timeout_against_a_slow_api(sim, world, start_exporter):
     runs = add_runs(world, 3, [("PROCESSING", None)])
     world.faults.latency_seconds = 5.0
@@ -129,7 +125,7 @@ def test_scrape_answers_within_its_timeout_against_a_slow_api(sim, world, start_
 
 
 def wait_for_samples(predicate, timeout: float = 20.0):
-    from tests.conftest import wait_for
+    from tests.support.polling import wait_for
 
     return wait_for(predicate, timeout=timeout, interval=0.1)
 

@@ -12,10 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from exporter.config import load_config_file
-from tests.conftest import API_KEY, make_config, names, parse_samples, sample, sim_stats, wait_for
+from tests.support.exporters import API_KEY, make_config, sim_stats
+from tests.support.polling import wait_for
+from tests.support.samples import names, parse_samples, sample
+
+pytestmark = pytest.mark.slow
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "45"))
 

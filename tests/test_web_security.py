@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-from pathlib import Path
 
 import bcrypt
 import pytest
@@ -21,86 +19,11 @@ from exporter.web.app import ExporterApp, WebOptions
 from exporter.web.http import HttpServer
 from exporter.web.webconfig import WebState
 from exporter.web.webhooks import WebhookApp
-from tests.conftest import API_KEY, IN_CI, make_config
+from tests.support.exporters import API_KEY, make_config
+from tests.support.pki import tls_config, web_file
 
 PASSWORD = "s3cret-scrape-password"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    if not shutil.which("openssl"):
-        if IN_CI:
-            pytest.fail("openssl is required under CI=true")
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "other-ca"):
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.crt",
-            cwd=d,
-        )
-
-    def issue(name: str, ca: str, san: str, usage: str) -> None:
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n")
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=d,
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            f"{ca}.crt",
-            "-CAkey",
-            f"{ca}.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            f"{name}.crt",
-            cwd=d,
-        )
-
-    issue("server", "ca", "IP:127.0.0.1,DNS:localhost", "serverAuth")
-    issue("prometheus", "ca", "DNS:prometheus.internal", "clientAuth")
-    issue("intruder", "ca", "DNS:intruder.internal", "clientAuth")
-    issue("stranger", "other-ca", "DNS:prometheus.internal", "clientAuth")
-    return d
-
-
-def web_file(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "web.yml"
-    path.write_text(text)
-    return str(path)
 
 
 @pytest.fixture
@@ -130,12 +53,6 @@ def serve(sim, world, tmp_path):
     for server in started:
         server.stop()
     exporter.close()
-
-
-def tls_config(pki: Path, extra: str = "") -> str:
-    return (
-        f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n{extra}"
-    )
 
 
 def test_tls_serves_metrics_and_refuses_plain_http(pki, serve):

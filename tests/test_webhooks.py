@@ -9,7 +9,6 @@ import io
 import itertools
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,9 +33,10 @@ from exporter.logs import REDACTOR, LogfmtFormatter
 from exporter.metrics.telemetry import REJECT_REASONS
 from exporter.runtime import protect_secrets
 from exporter.sim.world import World
-from exporter.web.http import HttpServer
-from exporter.web.webhooks import WebhookApp
-from tests.conftest import API_KEY, RunningExporter, Samples, sample, sim_stats, wait_for
+from tests.support.clocks import ShiftedClock
+from tests.support.exporters import API_KEY, Receiver, sim_stats
+from tests.support.polling import wait_for
+from tests.support.samples import Samples, sample
 
 TOKEN = "whk-canary-3b9d0e7f51a2c468"
 WF = "WCFG-hooks"
@@ -273,55 +273,6 @@ def hook_config(
         source="test",
         env={"COPYAI_API_KEY": API_KEY, "COPYAI_WEBHOOK_TOKEN": TOKEN},
     )
-
-
-@dataclass
-class Receiver:
-    running: RunningExporter
-    server: HttpServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def exporter(self):
-        return self.running.exporter
-
-    def post(
-        self,
-        payload: object = None,
-        *,
-        data=None,
-        path: str = f"/webhook/{TOKEN}",
-        headers: dict | None = None,
-    ) -> requests.Response:
-        return requests.post(
-            self.url + path,
-            data=encode(payload) if data is None else data,
-            headers={"Content-Type": "application/json", **(headers or {})},
-            timeout=10,
-        )
-
-    def scrape(self) -> Samples:
-        return self.running.scrape()
-
-
-@pytest.fixture
-def start_receiver(start_exporter) -> Iterator[Callable[[Config], Receiver]]:
-    servers: list[HttpServer] = []
-
-    def start(config: Config) -> Receiver:
-        running = start_exporter(config, process_metrics=False)
-        exporter = running.exporter
-        app = WebhookApp(lambda: exporter.config.webhooks, exporter)
-        server = HttpServer(app, "127.0.0.1:0").start()
-        servers.append(server)
-        return Receiver(running, server)
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def add_processing_run(world: World, workflow_id: str = WF, **details) -> str:
@@ -735,22 +686,6 @@ def test_credit_limit_events_per_workflow_and_for_the_workspace(sim, world, star
 
 
 # --- registration, end to end in process -----------------------------------------------
-
-
-class ShiftedClock:
-    """Wall time plus an offset the test moves: simulated runs end when told to."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._offset = 0.0
-
-    def __call__(self) -> float:
-        with self._lock:
-            return time.time() + self._offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._offset += seconds
 
 
 def registrations(world: World) -> list[dict]:

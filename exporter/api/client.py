@@ -3,7 +3,12 @@ limit, bounded response bodies, and redirects that never carry the key off-host.
 
 Nothing here knows about Prometheus: request outcomes are reported to a
 `RequestObserver`, failures are raised as `ApiError` with a `kind` the collector maps
-onto metrics."""
+onto metrics.
+
+Longer than 500 lines because one request's whole life is here (limiter, retries,
+redirects kept on origin, bounded and decompressed body, error kinds): split, the rules
+that keep the key on its host and the memory bounded would be read in pieces.
+"""
 
 from __future__ import annotations
 

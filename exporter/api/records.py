@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter.config import ID_PATTERN
+
 
 class RunStatus(enum.StrEnum):
     NEW = "NEW"
@@ -56,10 +58,6 @@ ACTIVE_STATUSES = frozenset(
 
 
 ALL_STATUSES: tuple[RunStatus, ...] = tuple(RunStatus)
-
-
-# An ID goes into a URL path and a label value, so it must be a plain token.
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class PayloadError(ValueError):

@@ -5,7 +5,7 @@ file into it, collecting every problem with its path; checks.py holds what the c
 and the web config share (the duplicate-refusing YAML loader, the Validator).
 """
 
-from exporter.config.checks import ConfigError, Validator, load_yaml
+from exporter.config.checks import ID_PATTERN, ConfigError, Validator, load_yaml
 from exporter.config.load import build_config, load_config_file, parse_config, resolve_path
 from exporter.config.model import (
     API_KEY_ENV,
@@ -29,6 +29,7 @@ __all__ = [
     "API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_DURATION_BUCKETS",
+    "ID_PATTERN",
     "WEBHOOK_EVENT_TYPES",
     "WEBHOOK_TOKEN_ENV",
     "ApiConfig",

@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from exporter.api.records import ID_PATTERN
+# An ID goes into a URL path and a label value, so it must be a plain token: in the
+# config (workflow and run IDs) as in what the API answers (api/records.py).
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class ConfigError(Exception):

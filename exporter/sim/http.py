@@ -12,7 +12,11 @@ loopback):
   GET  /_sim/truth?since=T  ground truth per workflow
 
 `RunningSimulator.pause()` / `resume()` refuse connections and come back on the same
-port."""
+port.
+
+Longer than 500 lines because every fault mode and answer shape is a branch of one
+request handler; the faults themselves are declared in faults.py.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,12 @@ tracked, but its creation and (unless we saw it active first) its end are not ev
 A run created after it is *watched*: its creation, retries and end are counted once
 each, even when it started and finished between two looks. Each run remembers what has
 been counted for it, so a run seen again (by polling, a listing or a webhook) is never
-counted twice. Decisions that need `createdAt` wait until it is known."""
+counted twice. Decisions that need `createdAt` wait until it is known.
+
+Longer than 500 lines because the counting rules are one state machine per run
+(baseline or watched, seen active, ended, pending createdAt or credits): kept in one
+class, a rule and the state it depends on are read together.
+"""
 
 from __future__ import annotations
 

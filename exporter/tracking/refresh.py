@@ -9,6 +9,10 @@ background and the next scrape sees the result.
 The same refresher serves one exporter and each of several replicas; a `Replication`
 says which part of the work is this one's (per-run leases, discovery on the leader)
 and where what it learns goes (`Standalone`: applied here at once).
+
+Longer than 500 lines because planning, single-flight bookkeeping, fault isolation
+and the tasks share one lock and one in-flight map; split, the invariant "nothing stays
+in flight after its future finished" would span modules.
 """
 
 from __future__ import annotations
