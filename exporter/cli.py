@@ -17,11 +17,14 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from exporter import __version__
 from exporter.api.registration import WebhookRegistrar
 from exporter.config import Config, ConfigError, build_config, load_config_file
 from exporter.logs import FORMATS, LEVELS, setup_logging
+from exporter.mixin import load_mixin_config
+from exporter.mixin import write as write_mixin
 from exporter.runtime import Exporter, protect_secrets
 from exporter.sim.command import add_arguments as add_simulator_arguments
 from exporter.sim.command import run_from_args as run_simulator
@@ -158,11 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a built-in Copy.ai API simulator and watch it; no key needed",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="{simulate}")
+    commands = parser.add_subparsers(dest="command", metavar="{simulate,mixin}")
     simulate = commands.add_parser(
         "simulate", help="serve a simulated Copy.ai API (for demos, tests and benchmarks)"
     )
     add_simulator_arguments(simulate)
+    mixin = commands.add_parser(
+        "mixin",
+        help="write the alerting and recording rules, the Grafana dashboard and the "
+        "Alertmanager inhibitions for your job name, replicas and thresholds",
+    )
+    mixin.add_argument(
+        "--config", dest="mixin_config", metavar="PATH", help="mixin config (every key optional)"
+    )
+    mixin.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     return parser
 
 
@@ -186,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "mixin":
+        return _mixin(args)
     try:
         web = WebState(args.web_config_file)
     except ConfigError as exc:
@@ -316,6 +330,22 @@ def _serve_demo(args: argparse.Namespace, web: WebState) -> int:
         return _serve(args, exporter, lambda: (True, "demo configuration is fixed"), web)
     finally:
         sim.stop()
+
+
+def _mixin(args: argparse.Namespace) -> int:
+    try:
+        config = load_mixin_config(args.mixin_config)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        written = write_mixin(config, Path(args.out))
+    except OSError as exc:
+        log.error("cannot write the mixin to %s: %s", args.out, exc.strerror or exc)
+        return EXIT_FAILURE
+    for path in written:
+        print(path)
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:

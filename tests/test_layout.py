@@ -24,6 +24,7 @@ LAYERS = {
     "exporter.replication": 4,
     "exporter.web": 5,
     "exporter.runtime": 6,
+    "exporter.mixin": 2,
     "exporter.cli": 7,
     "exporter.__main__": 8,
 }

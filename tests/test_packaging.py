@@ -433,6 +433,7 @@ def expected_binds(stack: Stack) -> set[tuple[str, str, str]]:
     }
     return binds | {
         ("prometheus", f"./{stack.prometheus_config}", "/etc/prometheus/prometheus.yml"),
+        ("prometheus", "./prometheus/rules.yml", "/etc/prometheus/rules.yml"),
         ("prometheus", "./prometheus/alerts.yml", "/etc/prometheus/alerts.yml"),
         ("alertmanager", "./alertmanager/alertmanager.yml", "/etc/alertmanager/alertmanager.yml"),
         ("grafana", "./grafana/provisioning", "/etc/grafana/provisioning"),
@@ -851,6 +852,7 @@ VALIDATORS: dict[str, Callable[[Path, Path, Stack], None]] = {
     "prometheus/prometheus.yml": validate_prometheus_config,
     "prometheus/prometheus-ha.yml": validate_prometheus_config,
     "prometheus/alerts.yml": validate_rules,
+    "prometheus/rules.yml": validate_rules,
     "alertmanager/alertmanager.yml": validate_alertmanager_config,
     "grafana/provisioning/datasources/*.y*ml": validate_grafana_datasources,
     "grafana/provisioning/dashboards/*.y*ml": validate_grafana_dashboard_providers,
