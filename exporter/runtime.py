@@ -22,7 +22,7 @@ from exporter.config import Config, ConfigError, load_config_file
 from exporter.logs import REDACTOR
 from exporter.metrics.collector import CopyaiCollector, HealthView, View
 from exporter.metrics.exposition import RunRenderer
-from exporter.metrics.telemetry import Telemetry
+from exporter.metrics.telemetry import BUDGET_WINDOW_SECONDS, Telemetry
 from exporter.replication.backend import RedisBackend, SharedRateLimiter
 from exporter.replication.coordinator import Coordinator, RedisStore
 from exporter.replication.work import RedisReplication
@@ -232,6 +232,8 @@ class Exporter:
             state_up = self._backend.up if self._backend is not None else 0
             leader = int(coordinator.is_leader)
         with self._lock:
+            rate = self.config.api.max_requests_per_second
+            window = BUDGET_WINDOW_SECONDS
             return View(
                 self.config,
                 self.store,
@@ -240,6 +242,10 @@ class Exporter:
                 self.book,
                 state_up=state_up,
                 leader=leader,
+                backlog=self._refresher.backlog,
+                budget_used=(
+                    self.telemetry.recent_requests.total() / (rate * window) if rate > 0 else None
+                ),
             )
 
     def refresh(self, deadline: float) -> RefreshReport:

@@ -235,7 +235,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         {
             "api": {
                 "base_url": sim.base_url,
-                "max_requests_per_second": 0,
+                # limited, as users run it: the budget panel has a series to show
+                "max_requests_per_second": 100,
                 "max_retries": 0,
                 "timeout_seconds": 2,
             },

@@ -136,7 +136,15 @@ class WebhookConfig:
     token_file: str | None = option(None, String())
     max_body_bytes: int = option(65_536, Integer(1024, 16 * 1024 * 1024))
     accept_unknown_workflows: bool = option(False, Boolean())
+    # while deliveries about a workflow arrive, its polling slows to this (None: 10 x
+    # collector.refresh_interval_seconds); see "Webhook-first freshness" in the README
+    reconcile_interval_seconds: float | None = option(None, Number(1, 86_400))
     register: WebhookRegistration | None = None
+
+    def reconcile_interval(self, refresh_interval: float) -> float:
+        if self.reconcile_interval_seconds is not None:
+            return self.reconcile_interval_seconds
+        return 10 * refresh_interval
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class View:
     book: HistoryBook
     state_up: int = 1
     leader: int = 1
+    backlog: int = 0  # refresh work due but not started
+    budget_used: float | None = None  # requests in the last minute / what the limit allows
 
 
 class CopyaiCollector(Collector):
@@ -95,12 +97,26 @@ class CopyaiCollector(Collector):
             "Unix time of the last refresh in which every API request got an answer "
             "(per-run 404s count as answers); 0 if none yet.",
         )
+        backlog = GaugeMetricFamily(
+            "copyai_refresh_backlog",
+            "Pieces of refresh work due but not started (queued, or left for a later refresh "
+            "because the API budget of an interval is spent): runs to fetch and run lists to "
+            "page. Staying above 0 means the budget is too small for the work.",
+        )
+        budget = GaugeMetricFamily(
+            "copyai_api_budget_utilization_ratio",
+            "API requests this exporter made in the last minute divided by what "
+            "api.max_requests_per_second allows in a minute; absent when it is unlimited. "
+            "With replicas, each reports its own share: sum them.",
+        )
         families: list[Metric] = [
             per_workflow,
             info,
             up,
             duration,
             last_refresh,
+            backlog,
+            budget,
         ]
         workflow_families = _WorkflowFamilies()
         families.extend(workflow_families.all())
@@ -126,6 +142,9 @@ class CopyaiCollector(Collector):
                 per_workflow.add_metric([workflow_id, s.value], float(n))
             workflow_families.add(snap)
         workflow_families.add_workspace(view.book.workspace_credit_limit())
+        backlog.add_metric([], float(view.backlog))
+        if view.budget_used is not None:
+            budget.add_metric([], view.budget_used)
         up.add_metric([], float(view.health.up))
         duration.add_metric([], view.scrape_duration)
         last_refresh.add_metric([], view.health.last_successful_refresh or 0.0)

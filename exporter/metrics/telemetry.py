@@ -7,7 +7,9 @@ kind, listener) and they describe this process, not data from the API.
 from __future__ import annotations
 
 import platform
+import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -32,6 +34,37 @@ ENDPOINTS = ("get_run", "list_runs")  # the ones every exporter uses; pre-set to
 API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+BUDGET_WINDOW_SECONDS = 60  # copyai_api_budget_utilization_ratio looks this far back
+
+
+class RecentCount:
+    """Events in the last `seconds` (per-second buckets: bounded, a few µs an event)."""
+
+    def __init__(self, seconds: int, clock: Callable[[], float] = time.monotonic):
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets = [0] * seconds
+        self._stamps = [-1] * seconds  # which second each bucket counts
+
+    def add(self) -> None:
+        second = int(self._clock())
+        slot = second % self._seconds
+        with self._lock:
+            if self._stamps[slot] != second:
+                self._stamps[slot], self._buckets[slot] = second, 0
+            self._buckets[slot] += 1
+
+    def total(self) -> int:
+        now = int(self._clock())
+        with self._lock:
+            return sum(
+                count
+                for count, stamp in zip(self._buckets, self._stamps, strict=True)
+                if now - stamp < self._seconds
+            )
+
+
 class Telemetry:
     """Implements `client.RequestObserver` and `server.ConnectionObserver`."""
 
@@ -39,6 +72,7 @@ class Telemetry:
         # `_created` series double the counters' output and Prometheus ignores them in
         # the classic text format; counters here start at zero with the process.
         disable_created_metrics()
+        self.recent_requests = RecentCount(BUDGET_WINDOW_SECONDS)
         self.api_requests = Counter(
             "copyai_api_requests_total",
             "HTTP requests made to the Copy.ai API, by endpoint and HTTP status code "
@@ -142,6 +176,7 @@ class Telemetry:
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()
         self.api_duration.labels(endpoint).observe(seconds)
+        self.recent_requests.add()
 
     def observe_error(self, endpoint: str, kind: str) -> None:
         self.api_errors.labels(endpoint, kind).inc()

@@ -166,6 +166,20 @@ def alerting_rules(config: MixinConfig) -> dict[str, Any]:
             "or RETRYING."
         ),
     )
+    look = n.recorded("copyai_workflow_oldest_look_timestamp_seconds", "min")
+    alert(
+        "CopyaiWorkflowDataLagging",
+        n.with_names(f"time() - {look} > {t.workflow_data_lag_seconds:g}"),
+        for_="10m",
+        severity=WARNING,
+        workflow=True,
+        summary="Copy.ai data of workflow {{ $labels.workflow_name }} lags behind",
+        description=(
+            f"The stalest data behind workflow {WORKFLOW} (its run list, or an active "
+            "run) was looked at {{ $value | humanizeDuration }} ago: more work is due "
+            "than the API budget allows, or the API keeps failing for it."
+        ),
+    )
     success = n.recorded("copyai_workflow_last_success_timestamp_seconds", "max")
     alert(
         "CopyaiNoRecentSuccess",
@@ -320,7 +334,7 @@ def inhibit_rules(config: MixinConfig) -> dict[str, Any]:
     equal = config.group_labels
     symptoms = (
         "CopyaiDataStale|CopyaiRunStuck|CopyaiNoRecentSuccess|CopyaiWorkflowRunsFailing|"
-        "CopyaiWorkflowErrorBudgetBurn|CopyaiApiRateLimited"
+        "CopyaiWorkflowErrorBudgetBurn|CopyaiApiRateLimited|CopyaiWorkflowDataLagging"
     )
     return {
         "inhibit_rules": [

@@ -44,6 +44,7 @@ class Thresholds:
     webhook_rejections_per_15m: int = option(10, Integer(0, 1_000_000))
     restarts_per_15m: int = option(2, Integer(1, 1000))
     leader_count_wrong_for_seconds: float = option(60.0, Number(15, 3600))
+    workflow_data_lag_seconds: float = option(900.0, Number(60, 86_400 * 7))
 
 
 @dataclass(frozen=True)

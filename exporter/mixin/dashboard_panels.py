@@ -23,6 +23,7 @@ def add_all(b: Board, q: Queries, config: MixinConfig) -> None:
     slo(b, q, config)
     runs(b, q, config)
     credits(b, q, config)
+    freshness(b, q, config)
     health(b, q, config)
 
 
@@ -522,6 +523,66 @@ def credits(b: Board, q: Queries, config: MixinConfig) -> None:
             },
         ],
         field={**NEVER, **thresholds((None, "green"))},
+    )
+
+
+def freshness(b: Board, q: Queries, config: MixinConfig) -> None:
+    t = config.thresholds
+    b.row("Freshness and API budget")
+    look = q.recorded("copyai_workflow_oldest_look_timestamp_seconds", "min")
+    b.add(
+        "timeseries",
+        "Data behind",
+        [series(q.named(f"time() - {q.per_workflow(look)}"), "{{workflow_name}}")],
+        w=8,
+        h=8,
+        unit="s",
+        description="How long ago the stalest data behind each workflow's metrics (its run "
+        "list, or an active run) was looked at. Webhook-fed workflows are polled only to "
+        "reconcile, so theirs grows to the reconciliation interval; CopyaiWorkflowDataLagging "
+        "fires past the line.",
+        options=TIMESERIES,
+        field=thresholds((None, "green"), (t.workflow_data_lag_seconds, "red"), line=True),
+    )
+    b.add(
+        "timeseries",
+        "Refresh backlog and API budget",
+        [
+            series(f"max by (instance) ({q.m('copyai_refresh_backlog')})", "{{instance}} backlog"),
+            series(
+                f"sum({q.m('copyai_api_budget_utilization_ratio')})", "budget used (all replicas)"
+            ),
+        ],
+        w=8,
+        h=8,
+        unit="short",
+        description="Work due but not started on each replica (above 0 for long: the budget "
+        "is too small for the work), and the share of api.max_requests_per_second used in "
+        "the last minute (right axis; 1 = the whole budget).",
+        options=TIMESERIES,
+        overrides=[
+            {
+                "matcher": {"id": "byFrameRefID", "options": "B"},
+                "properties": [
+                    {"id": "unit", "value": "percentunit"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+        ],
+    )
+    webhook = q.workflow("copyai_workflow_last_webhook_timestamp_seconds")
+    b.add(
+        "timeseries",
+        "Since the last webhook delivery",
+        [series(q.named(f"time() - {webhook}"), "{{workflow_name}}")],
+        w=8,
+        h=8,
+        unit="s",
+        description="Time since the last webhook delivery about each workflow. While it is "
+        "shorter than webhooks.reconcile_interval_seconds, the workflow is polled only to "
+        "reconcile (webhook-first freshness).",
+        options=TIMESERIES,
+        field=NEVER,
     )
 
 

@@ -114,6 +114,12 @@ def recording_rules(config: MixinConfig) -> dict[str, Any]:
             ),
         },
         {
+            "record": f"{LEVEL}:copyai_workflow_oldest_look_timestamp_seconds:min",
+            "expr": "min by ({}) ({})".format(
+                byw, n.select("copyai_workflow_oldest_look_timestamp_seconds")
+            ),
+        },
+        {
             "record": f"{LEVEL}:copyai_workflow_last_success_timestamp_seconds:max",
             "expr": "max by ({}) ({})".format(
                 byw, n.select("copyai_workflow_last_success_timestamp_seconds")

@@ -76,6 +76,7 @@ class HistoryBook:
                 else:
                     history.discovery_config = workflow.discovery
                     history.rebucket(buckets)
+                history.discovering = workflow.discover
                 history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
                 updated[workflow.id] = history
             for workflow_id in self._adopted - set(updated):

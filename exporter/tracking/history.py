@@ -133,6 +133,7 @@ class WorkflowHistory:
         self.histograms = {d.name: Histogram(tuple(buckets[d.name])) for d in DISTRIBUTIONS}
         self.forget_horizon = -math.inf  # runs this old or older were dropped by the cap
         self.discovery = DiscoveryState()
+        self.discovering = False  # discover: true (set by the book)
         self.runs: dict[str, TrackedRun] = {}
         self._status_counts: Counter[RunStatus] = Counter()
         self._active: set[str] = set()
@@ -334,6 +335,11 @@ class WorkflowHistory:
             self.values[name] = when
             self.meta_dirty = True
 
+    def delivered(self, when: float) -> None:
+        """A webhook delivery about the workflow was applied."""
+        with self.lock:
+            self._latest("last_webhook", when)
+
     def credit_limit_reached(self, when: float) -> None:
         with self.lock:
             self._count("credit_limit_count")
@@ -406,17 +412,21 @@ class WorkflowHistory:
     def due_for_fetch(self, now: float, interval: float, exclude: set[str]) -> list[str]:
         """Runs whose state only a per-run fetch can bring: active ones not seen for an
         interval, and runs whose createdAt or status is still unknown."""
+        return [run_id for run_id, _look in self.due_runs(now, interval, exclude)]
+
+    def due_runs(self, now: float, interval: float, exclude: set[str]) -> list[tuple[str, float]]:
+        """due_for_fetch, each with the time of its last look (0: never looked at)."""
         with self.lock:
             runs = self.runs
             due = [
-                run_id
+                (run_id, runs[run_id].last_seen)
                 for run_id in self._active
                 if run_id not in exclude
                 and now - runs[run_id].last_seen
                 >= interval * silent_backoff(runs[run_id].silent_fetches)
             ]
             due.extend(
-                run.run_id
+                (run.run_id, run.last_fetch)
                 for run in runs.values()
                 if (run.created_at is None or run.status is None or run.status is RunStatus.UNKNOWN)
                 and run.run_id not in exclude
@@ -425,6 +435,19 @@ class WorkflowHistory:
                 and now - run.last_fetch >= interval * silent_backoff(run.silent_fetches)
             )
             return due
+
+    def oldest_look(self) -> float | None:
+        """The time of the stalest data behind the workflow's metrics: its last listing
+        or webhook delivery (when discovering; the watch's start before either: a
+        delivery announces new runs as a listing would) or the last look at an active
+        run, whichever is older. None when nothing can go stale."""
+        with self.lock:
+            looks = [self.runs[r].last_seen for r in self._active]
+            if self.discovering:
+                heard = [self.discovery.last_cycle, self.values.get("last_webhook")]
+                known = [t for t in heard if t is not None]
+                looks.append(max(known) if known else self.watch_start)
+            return min(looks) if looks else None
 
     def touch(self, run_id: str, when: float) -> None:
         """A fetch of the run was attempted: do not try again before the interval."""
@@ -467,7 +490,8 @@ class WorkflowHistory:
                     for r in candidates[:run_series_limit]
                 ]
             values = dict(self.values)
-            values["oldest_active_created"] = self.oldest_active_created()  # the Derived one
+            values["oldest_active_created"] = self.oldest_active_created()  # the Derived ones
+            values["oldest_look"] = self.oldest_look()
             return WorkflowSnapshot(
                 workflow_id=self.workflow_id,
                 values=values,

@@ -266,6 +266,8 @@ class Applier:
         if workflow_id and self._book.get(workflow_id) is None and self._accept_unknown():
             self._book.adopt(workflow_id)
         history = self._book.get(event.workflow_id) if event.workflow_id else None
+        if history is not None:
+            history.delivered(when)
         if event.event_type == CREDIT_LIMIT:
             if history is not None:
                 history.credit_limit_reached(when)

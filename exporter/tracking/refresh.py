@@ -55,6 +55,21 @@ _DISCOVER, _TRACKED = object(), object()
 RELEASE = object()
 Task = Callable[[Batch], object]
 MAX_FAULTS_LOGGED = 10_000  # (piece of work, message) pairs remembered for log-once
+# How long a scrape waits when what is due cannot be fetched before its deadline anyway
+# (more than the rate limit allows): it answers with what is known, the work goes on.
+FAST_ANSWER_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A piece of work that is due: what it refreshes and how stale that is."""
+
+    key: Hashable
+    lease: str  # the per-run lease name replicas claim ("" for a discovery cycle)
+    ttl: float  # how long the lease holds
+    task: Task
+    staleness: float  # seconds since its data was last looked at (inf: never)
+    order: int  # among equally stale: configured runs, discovery, then tracked runs
 
 
 @dataclass(frozen=True)
@@ -137,12 +152,17 @@ class Refresher:
         self._cycle_attempted: dict[str, float] = {}  # so a failing listing is not hammered
         self._discovery_errors: dict[str, str | None] = {}
         self._faults_logged: set[tuple[Hashable, str, str]] = set()
+        self._queued = 0  # per-run fetches submitted and not started
+        self._running = 0  # per-run fetches running
+        self._deferred = 0  # due at the last plan, left for a later one (over budget)
+        self._cycle_cost: dict[str, float] = {}  # list pages the last cycle of a workflow took
         self._closed = False
 
     # --- the scrape's entry point ----------------------------------------------------
 
     def refresh(self, deadline: float) -> RefreshReport:
-        """Start what is due; wait until it is all in or `deadline` (monotonic) passes."""
+        """Start what is due, within the API budget; wait until it is all in or
+        `deadline` (monotonic) passes, or only briefly when it cannot be in by then."""
         self._replication.sync()
         now, wall = self._clock(), self._wall_clock()
         with self._lock:
@@ -164,20 +184,65 @@ class Refresher:
                     for key, _task in group:
                         self._in_flight[key] = future
                     waiting.append(future)
+                self._queued += len(fetches)
             elif not waiting and self._probe_due(now):
                 self._probe_started_at = now
                 self._probe = self._pool.submit(self._run_probe, self._health.batch(1))
             if self._probe is not None and not self._probe.done():
                 waiting.append(self._probe)
+            outstanding = self._outstanding()
         if not waiting:
             return RefreshReport(0, 0, True)
-        _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, deadline - self._clock()))
+        until = deadline
+        rate = self._config.api.max_requests_per_second
+        if rate > 0 and now + outstanding / rate > deadline:
+            # more is due than the rate limit lets finish before the deadline: waiting
+            # cannot help this scrape, so answer soon with what is known
+            until = min(deadline, now + FAST_ANSWER_SECONDS)
+        _, not_done = concurrent.futures.wait(waiting, timeout=max(0.0, until - self._clock()))
         return RefreshReport(len(work), len(waiting), completed=not not_done)
+
+    @property
+    def backlog(self) -> int:
+        """Work due but not started: planned and queued, or left for a later refresh."""
+        with self._lock:
+            return self._queued + self._deferred
+
+    def _outstanding(self) -> float:
+        """Requests started or queued and not finished yet (discovery cycles estimated)."""
+        cycles = sum(
+            self._cycle_cost.get(key[1], 1.0)
+            for key in self._in_flight
+            if isinstance(key, tuple) and key[:1] == (_DISCOVER,)
+        )
+        return self._queued + self._running + cycles
 
     @property
     def _due_age(self) -> float:
         """How long ago a fetch or cycle must have been to be due again."""
         return due_age(self._config.collector.refresh_interval_seconds)
+
+    def _intervals(self, wall: float) -> dict[str, float]:
+        """Each workflow's due age: the refresh interval's, or while webhook deliveries
+        about it arrive (or about any workflow, for a workspace-wide registration), the
+        slower reconciliation interval's."""
+        normal = self._due_age
+        webhooks = self._config.webhooks
+        histories = self._book.all()
+        if webhooks is None:
+            return {h.workflow_id: normal for h in histories}
+        refresh = self._config.collector.refresh_interval_seconds
+        reconcile = webhooks.reconcile_interval(refresh)
+        slow = due_age(max(reconcile, refresh))
+        delivered = {h.workflow_id: h.values.get("last_webhook") for h in histories}
+        workspace_wide = webhooks.register is not None and not webhooks.register.per_workflow
+        latest = max((t for t in delivered.values() if t is not None), default=None)
+        intervals = {}
+        for workflow_id, last in delivered.items():
+            seen = latest if workspace_wide and latest is not None else last
+            fed = seen is not None and wall - seen < reconcile
+            intervals[workflow_id] = slow if fed else normal
+        return intervals
 
     def _plan(
         self, now: float, wall: float
@@ -185,21 +250,28 @@ class Refresher:
         """What to start (with the lock held), and what already runs that is wanted:
         configured runs that are due, runs tracked from webhooks (and, on a replica that
         does not lead, from discovery) that only a fetch can refresh, and, where the
-        history is written, discovery cycles."""
-        interval = self._due_age
-        candidates: list[tuple[Hashable, str, float, Task]] = []
+        history is written, discovery cycles. Stalest first, as much as the API budget
+        of one interval allows; the rest stays due for the next refresh, so nothing
+        starves: the stalest data is about (due work / budget) intervals old at most."""
+        intervals = self._intervals(wall)
+        normal = self._due_age
+        candidates: list[_Candidate] = []
         waiting: list[concurrent.futures.Future[None]] = []
         for state in self._store.snapshot():
+            interval = intervals.get(state.workflow_id, normal)
             if state.key in self._in_flight:
                 waiting.append(self._in_flight[state.key])
             elif state.refresh_due(now, interval):
                 silent = self._silent_fetches(state.workflow_id, state.run_id, state.silent_fetches)
+                looked = state.attempted_at
                 candidates.append(
-                    (
+                    _Candidate(
                         state.key,
                         f"run:{state.workflow_id}:{state.run_id}",
                         interval * silent_backoff(silent),
                         self._fetch_configured_task(state.key),
+                        math.inf if looked is None else now - looked,
+                        0,
                     )
                 )
         leads = self._replication.leads
@@ -207,32 +279,57 @@ class Refresher:
             workflow = self._config.workflow(history.workflow_id)
             if workflow is not None and workflow.discover and leads:
                 continue  # its discovery task fetches them, after listing
+            interval = intervals.get(history.workflow_id, normal)
             configured = set(workflow.runs) if workflow is not None else set()
-            for run_id in history.due_for_fetch(wall, interval, configured):
+            for run_id, looked in history.due_runs(wall, interval, configured):
                 key = (_TRACKED, history.workflow_id, run_id)
                 if key not in self._in_flight:
                     candidates.append(
-                        (
+                        _Candidate(
                             key,
                             f"run:{history.workflow_id}:{run_id}",
                             interval * silent_backoff(history.silent_fetches(run_id)),
                             self._fetch_tracked_task(history.workflow_id, run_id),
+                            wall - looked if looked else math.inf,
+                            2,
                         )
                     )
-        work = [(key, task) for key, task in self._claimed(candidates)]
         if leads:
-            work.extend(self._discovery_work(wall, waiting))
+            candidates.extend(self._discovery_work(wall, waiting, intervals))
+        chosen = self._within_budget(candidates)
+        self._deferred = len(candidates) - len(chosen)
+        for candidate in chosen:
+            if not candidate.lease:  # a discovery cycle: not again before its interval
+                self._cycle_attempted[candidate.key[1]] = wall  # type: ignore[index]
+        runs = [c for c in chosen if c.lease]
+        work = [(key, task) for key, task in self._claimed(runs)]
+        work.extend((c.key, c.task) for c in chosen if not c.lease)
         return work, waiting
 
-    def _claimed(self, candidates: list[tuple[Hashable, str, float, Task]]) -> list[Any]:
+    def _within_budget(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        """The stalest candidates that one interval of the API budget can serve, counting
+        what is still outstanding; at least one when nothing is."""
+        rate = self._config.api.max_requests_per_second
+        if rate <= 0 or not candidates:
+            return candidates
+        window = max(self._config.collector.refresh_interval_seconds, 1.0)
+        room = rate * window - self._outstanding()
+        candidates.sort(key=lambda c: (-c.staleness, c.order))
+        chosen: list[_Candidate] = []
+        spent = 0.0
+        for candidate in candidates:
+            cost = self._cycle_cost.get(candidate.key[1], 1.0) if not candidate.lease else 1.0
+            if spent + cost > room and (chosen or self._outstanding() > 0):
+                break
+            chosen.append(candidate)
+            spent += cost
+        return chosen
+
+    def _claimed(self, candidates: list[_Candidate]) -> list[Any]:
         if not candidates:
             return []
-        taken = self._replication.claim(
-            [name for _, name, _, _ in candidates], [ttl for _, _, ttl, _ in candidates]
-        )
-        return [
-            (key, task) for (key, _, _, task), got in zip(candidates, taken, strict=True) if got
-        ]
+        taken = self._replication.claim([c.lease for c in candidates], [c.ttl for c in candidates])
+        return [(c.key, c.task) for c, got in zip(candidates, taken, strict=True) if got]
 
     def _silent_fetches(self, workflow_id: str, run_id: str, own: int) -> int:
         """Answers in a row without a usable status: as the (shared) history counts them."""
@@ -240,25 +337,28 @@ class Refresher:
         return max(own, history.silent_fetches(run_id)) if history is not None else own
 
     def _discovery_work(
-        self, wall: float, waiting: list[concurrent.futures.Future[None]]
-    ) -> list[tuple[Hashable, Task]]:
-        interval = self._due_age
-        work: list[tuple[Hashable, Task]] = []
+        self,
+        wall: float,
+        waiting: list[concurrent.futures.Future[None]],
+        intervals: dict[str, float],
+    ) -> list[_Candidate]:
+        work: list[_Candidate] = []
         for workflow in self._config.workflows:
             history = self._book.get(workflow.id)
             if history is None or not workflow.discover:
                 continue
             key = (_DISCOVER, workflow.id)
+            last = history.discovery.last_cycle
             if key in self._in_flight:
                 waiting.append(self._in_flight[key])
             elif _cycle_due(
-                history.discovery.last_cycle,
+                last,
                 self._cycle_attempted.get(workflow.id),
                 wall,
-                interval,
+                intervals.get(workflow.id, self._due_age),
             ):
-                self._cycle_attempted[workflow.id] = wall
-                work.append((key, self._discovery_task(workflow)))
+                staleness = math.inf if last is None else wall - last
+                work.append(_Candidate(key, "", 0.0, self._discovery_task(workflow), staleness, 1))
         return work
 
     def _run(self, key: Hashable, task: Task, batch: Batch) -> None:
@@ -270,19 +370,26 @@ class Refresher:
             self._flush()
 
     def _run_group(self, group: list[tuple[Hashable, Task]], batch: Batch) -> None:
-        done = 0
+        started = 0
         try:
             for key, task in group:
+                with self._lock:
+                    if self._closed:  # shut down, or replaced by a reload: stop here
+                        break
+                    self._queued -= 1
+                    self._running += 1
+                started += 1
                 try:
                     self._guarded(key, task, batch)
                 finally:
                     with self._lock:
+                        self._running -= 1
                         self._in_flight.pop(key, None)
-                done += 1
         finally:
-            with self._lock:  # only after a BaseException: nothing may stay in flight
-                for key, _task in group[done + 1 :]:
+            with self._lock:  # after a close or a BaseException: nothing stays in flight
+                for key, _task in group[started:]:
                     self._in_flight.pop(key, None)
+                    self._queued -= 1
             self._flush()
 
     def _guarded(self, key: Hashable, task: Task, batch: Batch) -> None:
@@ -377,7 +484,7 @@ class Refresher:
             history = self._book.get(workflow.id)
             if history is None:
                 return RELEASE
-            interval = self._due_age
+            interval = self._intervals(self._wall_clock()).get(workflow.id, self._due_age)
 
             def fetch_pages(pages: list[int]) -> dict[int, RunPage | ApiError]:
                 return self._fetch_pages(workflow, pages, batch)
@@ -398,21 +505,24 @@ class Refresher:
                 parallel=self._config.api.max_concurrency,
             )
             result = cycle.run()
+            self._cycle_cost[workflow.id] = float(max(1, result.pages))
             self._note_discovery(workflow.id, result.error)
             history.forget(self._wall_clock())
             # what listing did not refresh: active runs deep in history, runs without
             # createdAt or status; configured runs have their own fetches
             exclude = result.seen | set(workflow.runs)
             due = [
-                (
+                _Candidate(
                     (_TRACKED, workflow.id, run_id),
                     f"run:{workflow.id}:{run_id}",
                     interval * silent_backoff(history.silent_fetches(run_id)),
-                    None,
+                    self._fetch_tracked_task(workflow.id, run_id),
+                    0.0,
+                    2,
                 )
                 for run_id in history.due_for_fetch(self._wall_clock(), interval, exclude)
             ]
-            claimed = [key for key, _ in self._claimed(due)]  # type: ignore[arg-type]
+            claimed = [key for key, _ in self._claimed(due)]
             if claimed:
                 batch.add(len(claimed))
                 futures = [

@@ -124,6 +124,20 @@ WORKFLOW_VALUES: tuple[Count | Time | Derived | Distribution, ...] = (
         "RETRYING; UNKNOWN is not active); absent when none is. time() minus this is how "
         "long the most stuck run has been going.",
     ),
+    Derived(
+        "oldest_look",
+        "copyai_workflow_oldest_look_timestamp_seconds",
+        "When the stalest data behind the workflow's metrics was looked at: its last "
+        "listing or webhook delivery (with discover: true) or the last look at an active "
+        "run, whichever is older. time() minus this is how far behind the data is; "
+        "absent when nothing can go stale (no active run, no discovery).",
+    ),
+    Time(
+        "last_webhook",
+        "copyai_workflow_last_webhook_timestamp_seconds",
+        "When the last webhook delivery about the workflow was applied (any event type). "
+        "Absent if none.",
+    ),
     Count(
         "credit_limit_count",
         "copyai_credit_limit_reached",
