@@ -9,7 +9,8 @@ Alertmanager inhibitions, all generated from one source and a small YAML config
 
 Without a config the outputs are the repository's shipped files (prometheus/alerts.yml,
 prometheus/rules.yml, grafana/dashboards/copyai-exporter.json and the inhibit_rules of
-alertmanager/alertmanager.yml); `python tools/ship_mixin.py` writes them, a test checks.
+alertmanager/alertmanager.yml); `python tools/ship_mixin.py` writes them, and
+`python tools/ship_kubernetes.py` the copies in deploy/kubernetes; tests check both.
 """
 
 from __future__ import annotations
