@@ -28,6 +28,7 @@ from exporter.replication.coordinator import Coordinator, RedisStore
 from exporter.replication.work import RedisReplication
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.health import ApiHealth
+from exporter.tracking.journal import Journal
 from exporter.tracking.observations import Applier, Delivered
 from exporter.tracking.persistence import MemoryStore, SqliteStore, StateStore
 from exporter.tracking.refresh import Refresher, RefreshReport, Replication, Standalone
@@ -80,7 +81,8 @@ class Exporter:
         self._rng = rng
         self._lock = threading.Lock()
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.telemetry = Telemetry(self.registry)
+        self.telemetry = Telemetry(self.registry, clock)
+        self.journal = Journal(wall_clock())  # recent errors, listings, deliveries, reloads
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
@@ -163,6 +165,7 @@ class Exporter:
             replication=self.replication,
             clock=self._clock,
             wall_clock=self._wall_clock,
+            journal=self.journal,
         )
 
     def _seed_configured_runs(self, config: Config) -> None:
@@ -276,10 +279,12 @@ class Exporter:
                 also()  # certificates and users rotate without a restart
             except ConfigError as exc:
                 log.error("configuration reload failed; keeping the running one\n%s", exc.render())
+                self.journal.config_loaded(self._wall_clock(), exc.source, False, exc.problems)
                 self.config_failed()
                 return False, exc.render()
             except Exception:  # a bug must not take the running exporter down with it
                 log.exception("configuration reload failed unexpectedly; keeping the running one")
+                self._note_unexpected_reload_failure(path)
                 self.config_failed()
                 return False, "configuration reload failed; see the exporter's log"
             protect_secrets(new)
@@ -289,7 +294,13 @@ class Exporter:
             ):
                 log.warning("webhooks.listen_address changes take effect at the next restart")
             self.apply_config(new)
+            self.journal.config_loaded(self._wall_clock(), str(path), True)
             return True, "configuration reloaded"
+
+    def _note_unexpected_reload_failure(self, path: str | os.PathLike[str]) -> None:
+        """For the status page: a reload that failed on a bug, not on the config."""
+        problem = "the reload failed unexpectedly (a bug); see the exporter's log"
+        self.journal.config_loaded(self._wall_clock(), str(path), False, (problem,))
 
     def apply_config(self, config: Config) -> None:
         """Switch to a new, already validated config. Runs still configured keep what is
@@ -343,6 +354,7 @@ class Exporter:
         self.replication.submit(Delivered(event, self._wall_clock()))
         if self.coordinator is None:
             self.book.flush()
+        self.journal.delivered(event.workflow_id, self._wall_clock())
 
     def webhook_rejected(self, reason: str) -> None:
         self.telemetry.webhook_rejected.labels(reason).inc()
