@@ -211,6 +211,23 @@ def timed_scrapes(host: str, port: int, count: int, *, gzip_ok: bool) -> Timings
     return Timings(seconds, last.wire_bytes, len(last.text.encode()))
 
 
+# --- row 9: the status page ------------------------------------------------------------
+
+
+def timed_pages(host: str, port: int, path: str, count: int) -> Timings:
+    """`count` GETs of a page (/, /status.json), each on a new connection, as a browser
+    or a script asks for it: no gzip, no scrape timeout."""
+    seconds: list[float] = []
+    last: Scrape | None = None
+    for _ in range(count):
+        last = scrape(host, port, gzip_ok=False, timeout_header=None, timeout=120, path=path)
+        if last.status != 200:
+            raise RuntimeError(f"{path} answered {last.status}")
+        seconds.append(last.seconds)
+    assert last is not None
+    return Timings(seconds, last.wire_bytes, len(last.text.encode()))
+
+
 # --- row 4: discovery ----------------------------------------------------------------
 
 

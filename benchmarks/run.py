@@ -50,12 +50,14 @@ from exporter.web.connections import (
     DEFAULT_MAX_CONNECTIONS,
     HEADER_DEADLINE_SECONDS,
 )
+from exporter.web.status import MAX_RUNS_SHOWN
 
 MARK_START = "<!-- benchmarks:results:start -->"
 MARK_END = "<!-- benchmarks:results:end -->"
 CONCURRENCY = 32
 SCRAPE_TIMEOUT = 10.0  # X-Prometheus-Scrape-Timeout-Seconds, as Prometheus' default
 CONCURRENCY_DEMO = 8  # the demo's api.max_concurrency (the default)
+STATUS_TARGET_SECONDS = 0.1  # row 9: p99 of / and /status.json at 10,000 runs
 # row 8 before issue 17 (no connection cap, no request deadlines), as the issue reports
 # them for 3,000 slow clients against --demo on the machine below
 BEFORE_THREADS, BEFORE_PEAK_MB, BEFORE_IDLE_MB, BEFORE_SCRAPE_SECONDS = 3022, 113, 42, 7.3
@@ -66,6 +68,7 @@ PHASE_ROWS = {
     "discovery": {"4", "5"},
     "replicas": {"7"},
     "slow_clients": {"8"},
+    "status": {"9"},
 }
 
 
@@ -787,6 +790,53 @@ class Bench:
             f"the {BUSY_DEADLINE_SECONDS:g} s one: that is most of the time to close them all"
         )
 
+    def status_page(self) -> None:
+        """Row 9: the status page and /status.json of an exporter with 10,000 configured
+        runs, before any run is fetched (every run a problem to sort and explain) and
+        after the cold refresh."""
+        s, report = self.sizes, self.report
+        n = s.large
+        progress(f"row 9: simulator with {n:,} runs, exporter watching them")
+        _, sim, workflows = self.bulk_simulator("sim-status", s.large_per_workflow, 0.1, 0.0)
+        doc = exporter_document(
+            sim.base_url,
+            workflows,
+            api={"max_concurrency": CONCURRENCY},
+            collector={"refresh_interval_seconds": 3600, "up_check_interval_seconds": 0},
+        )
+        child, port = self.exporter("exporter-status", doc)
+        host, count = "127.0.0.1", s.warm_large
+        floor = rows.timed_pages(host, port, "/-/healthy", count)
+        timings: dict[tuple[str, str], rows.Timings] = {}
+        for path in ("/", "/status.json"):
+            timings[("cold", path)] = rows.timed_pages(host, port, path, count)
+        progress(f"row 9: cold refresh of {n:,} runs, then the pages again")
+        rows.cold_refresh(host, port, n, timeout_header=600)
+        for path in ("/", "/status.json"):
+            timings[("warm", path)] = rows.timed_pages(host, port, path, count)
+        self.procs.stop(child)
+        states = {
+            "cold": f"before the first scrape (all {num(n)} never fetched: every run a problem)",
+            "warm": f"after the cold refresh (all {num(n)} fetched)",
+        }
+        for (state, path), timing in timings.items():
+            p99 = percentile(timing.seconds, 99)
+            report.add(
+                "9",
+                f"Status page `{path}`, {num(n)} configured runs in {s.workflows} workflows, "
+                f"{states[state]}: time to the whole answer ({num(timing.body_bytes)} bytes)",
+                p50_p99(timing.seconds),
+                p50_p99(floor.seconds) + " (`/-/healthy`, same exporter)",
+                "",
+                f"p99 < {secs(STATUS_TARGET_SECONDS)}",
+                p99 < STATUS_TARGET_SECONDS,
+            )
+        report.note(
+            f"row 9: {count} GETs of each page on a new connection each (p99 is "
+            f"{rank_note(count).removeprefix('p99 is ')}); a page shows {MAX_RUNS_SHOWN} runs "
+            "(problems first, then the newest) and counts the rest"
+        )
+
     def replica_lines(self, results: list[rows.Replicated], n: int, latency: float) -> None:
         s, report = self.sizes, self.report
         one = results[0]
@@ -956,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PHASE_ROWS),
         help="phases to run (comma-separated): configured (rows 1, 2, 3, 6), large (rows 3 "
         "and 5 at 10,000 runs), discovery (rows 4 and 5), replicas (row 7, needs "
-        "redis-server), slow_clients (row 8)",
+        "redis-server), slow_clients (row 8), status (row 9)",
     )
     parser.add_argument(
         "--update",
@@ -995,6 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             "discovery": bench.discovered_runs,
             "replicas": bench.replicas,
             "slow_clients": bench.slow_clients,
+            "status": bench.status_page,
         }
         try:
             for name in chosen:

@@ -223,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         log.error("%s (move the file away to start with empty history)", exc)
         return EXIT_FAILURE
+    exporter.journal.config_file(args.config_file)  # for the status page
     return _serve(args, exporter, lambda: exporter.reload(args.config_file, web.reload), web)
 
 

@@ -22,12 +22,13 @@ from exporter.config import Config, ConfigError, load_config_file
 from exporter.logs import REDACTOR
 from exporter.metrics.collector import CopyaiCollector, HealthView, View
 from exporter.metrics.exposition import RunRenderer
-from exporter.metrics.telemetry import BUDGET_WINDOW_SECONDS, Telemetry
+from exporter.metrics.telemetry import Telemetry, budget_ratio
 from exporter.replication.backend import RedisBackend, SharedRateLimiter
 from exporter.replication.coordinator import Coordinator, RedisStore
 from exporter.replication.work import RedisReplication
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.health import ApiHealth
+from exporter.tracking.journal import Journal
 from exporter.tracking.observations import Applier, Delivered
 from exporter.tracking.persistence import MemoryStore, SqliteStore, StateStore
 from exporter.tracking.refresh import Refresher, RefreshReport, Replication, Standalone
@@ -80,7 +81,8 @@ class Exporter:
         self._rng = rng
         self._lock = threading.Lock()
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.telemetry = Telemetry(self.registry)
+        self.telemetry = Telemetry(self.registry, clock)
+        self.journal = Journal(wall_clock())  # recent errors, listings, deliveries, reloads
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self.health = ApiHealth(wall_clock=wall_clock, clock=clock)
@@ -163,6 +165,7 @@ class Exporter:
             replication=self.replication,
             clock=self._clock,
             wall_clock=self._wall_clock,
+            journal=self.journal,
         )
 
     def _seed_configured_runs(self, config: Config) -> None:
@@ -232,8 +235,6 @@ class Exporter:
             state_up = self._backend.up if self._backend is not None else 0
             leader = int(coordinator.is_leader)
         with self._lock:
-            rate = self.config.api.max_requests_per_second
-            window = BUDGET_WINDOW_SECONDS
             return View(
                 self.config,
                 self.store,
@@ -243,8 +244,9 @@ class Exporter:
                 state_up=state_up,
                 leader=leader,
                 backlog=self._refresher.backlog,
-                budget_used=(
-                    self.telemetry.recent_requests.total() / (rate * window) if rate > 0 else None
+                budget_used=budget_ratio(
+                    self.telemetry.recent.summary().requests_last_minute,
+                    self.config.api.max_requests_per_second,
                 ),
             )
 
@@ -282,10 +284,12 @@ class Exporter:
                 also()  # certificates and users rotate without a restart
             except ConfigError as exc:
                 log.error("configuration reload failed; keeping the running one\n%s", exc.render())
+                self.journal.config_loaded(self._wall_clock(), exc.source, False, exc.problems)
                 self.config_failed()
                 return False, exc.render()
             except Exception:  # a bug must not take the running exporter down with it
                 log.exception("configuration reload failed unexpectedly; keeping the running one")
+                self._note_unexpected_reload_failure(path)
                 self.config_failed()
                 return False, "configuration reload failed; see the exporter's log"
             protect_secrets(new)
@@ -295,7 +299,13 @@ class Exporter:
             ):
                 log.warning("webhooks.listen_address changes take effect at the next restart")
             self.apply_config(new)
+            self.journal.config_loaded(self._wall_clock(), str(path), True)
             return True, "configuration reloaded"
+
+    def _note_unexpected_reload_failure(self, path: str | os.PathLike[str]) -> None:
+        """For the status page: a reload that failed on a bug, not on the config."""
+        problem = "the reload failed unexpectedly (a bug); see the exporter's log"
+        self.journal.config_loaded(self._wall_clock(), str(path), False, (problem,))
 
     def apply_config(self, config: Config) -> None:
         """Switch to a new, already validated config. Runs still configured keep what is
@@ -349,6 +359,7 @@ class Exporter:
         self.replication.submit(Delivered(event, self._wall_clock()))
         if self.coordinator is None:
             self.book.flush()
+        self.journal.delivered(event.workflow_id, self._wall_clock())
 
     def webhook_rejected(self, reason: str) -> None:
         self.telemetry.webhook_rejected.labels(reason).inc()

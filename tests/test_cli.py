@@ -99,6 +99,10 @@ def test_serves_reloads_on_sighup_and_stops_cleanly_on_sigterm(sim, world, spawn
     samples = parse_samples(requests.get(f"{url}/metrics", timeout=15).text)
     assert sample(samples, "copyai_config_last_reload_successful") == 0
     assert {s["run_id"] for s in names(samples, "copyai_workflow_run_fetch_success")} == {runs[0]}
+    config = requests.get(f"{url}/status.json", timeout=15).json()["config"]
+    assert config["file"] == str(path)  # the status page says which file, and what failed
+    assert config["last_reload"]["ok"] is False
+    assert any("workflows" in problem for problem in config["last_reload"]["problems"])
 
     assert process.stop() == 0
     log = process.log_text()

@@ -11,7 +11,18 @@ from dataclasses import replace
 from exporter.api.records import ALL_STATUSES, RunStatus
 from exporter.config import Config, DiscoveryConfig
 from exporter.tracking.book import HistoryBook
-from exporter.tracking.history import BASELINE, WATCHED, TrackedRun, WorkflowHistory
+from exporter.tracking.history import (
+    BASELINE,
+    GONE,
+    MAX_REMEMBERED_DROPS,
+    OUTSIDE_WINDOW,
+    OVER_CAP,
+    UNCONFIGURED,
+    WATCHED,
+    DroppedRun,
+    TrackedRun,
+    WorkflowHistory,
+)
 from exporter.tracking.persistence import MemoryStore, StateError
 from tests.support.exporters import make_config
 
@@ -397,6 +408,39 @@ def test_run_dropped_by_the_cap_and_then_reported_by_a_webhook_is_not_counted_ag
     h.observe("r0", when=1_200.0, status=S.COMPLETE)  # workflowRun.completed: no createdAt
     h.observe("r0", when=1_210.0, status=S.COMPLETE, created_at=1_010.0)  # its fetch
     assert counters(h)["created"] == before["created"]
+
+
+def test_why_a_run_is_no_longer_tracked_is_remembered_for_the_status_page():
+    h = history(window=100.0, cap=2)
+    h.observe("old", when=1_020.0, status=S.COMPLETE, created_at=1_010.0)
+    for i in range(3):
+        h.observe(f"r{i}", when=1_160.0, status=S.PROCESSING, created_at=1_150.0 + i)
+    h.observe("gone", when=1_160.0, status=S.PROCESSING, created_at=1_159.0, pinned=True)
+    h.set_pinned([], drop_unpinned=False)  # unpinned, kept by discovery
+    h.forget(1_200.0)  # "old" left the window, then the cap drops the oldest
+    assert h.lookup("old") == DroppedRun("old", OUTSIDE_WINDOW, 1_200.0, 1_010.0)
+    dropped = [h.lookup(f"r{i}") for i in range(3)]
+    assert [d.reason for d in dropped if isinstance(d, DroppedRun)] == [OVER_CAP, OVER_CAP]
+    assert not h.observe("ancient", when=1_210.0, status=S.COMPLETE, created_at=1_000.0)
+    assert h.lookup("ancient") == DroppedRun("ancient", OUTSIDE_WINDOW, 1_210.0, 1_000.0)
+    assert not h.observe("early", when=1_210.0, status=S.COMPLETE, created_at=1_150.5)
+    assert h.lookup("early").reason == OVER_CAP  # at or before the cap's horizon
+    tracked = h.lookup("gone")
+    assert isinstance(tracked, TrackedRun) and tracked.status is S.PROCESSING
+    tracked.status = S.FAILED  # a copy: the history is not changed through it
+    assert h.runs["gone"].status is S.PROCESSING
+    h.drop("gone", when=1_220.0)  # the API answered 404
+    assert h.lookup("gone").reason == GONE
+    h.observe("pinned", when=1_230.0, status=S.NEW, created_at=1_225.0, pinned=True)
+    h.set_pinned([], drop_unpinned=True)
+    assert h.lookup("pinned") == DroppedRun("pinned", UNCONFIGURED, None, 1_225.0)
+    assert h.lookup("never") is None
+    h.observe("old", when=1_240.0, status=S.NEW, created_at=1_235.0)  # tracked again
+    assert isinstance(h.lookup("old"), TrackedRun)
+    for i in range(MAX_REMEMBERED_DROPS + 10):  # bounded: the newest are kept
+        h.observe(f"x{i}", when=1_250.0, status=S.COMPLETE, created_at=1_000.0)
+    assert len(h.dropped) == MAX_REMEMBERED_DROPS
+    assert h.lookup("x0") is None and h.lookup(f"x{MAX_REMEMBERED_DROPS + 9}") is not None
 
 
 def test_pinned_runs_survive_the_cap():

@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import requests
 
 from exporter.api.deliveries import parse_event
 from exporter.config import Config, build_config
@@ -244,9 +245,9 @@ def test_a_third_of_the_budget_refreshes_every_workflow_within_the_documented_bo
         sim.stop()
 
 
-def test_the_budget_utilization_counts_requests_against_the_limit():
-    clock = FakeClock()
-    world = World(api_key=API_KEY, clock=clock.wall, seed=19)
+def test_the_budget_utilization_counts_requests_against_the_limit(start_exporter):
+    """The ratio and the backlog, in /metrics and in /status.json alike."""
+    world = World(api_key=API_KEY, seed=19)
     sim = RunningSimulator(world)
     wf = world.add_workflow("runs", "WCFG-scale-runs")
     runs = [world.add_run(wf, FOREVER, age_seconds=60).run_id for _ in range(30)]
@@ -258,18 +259,23 @@ def test_the_budget_utilization_counts_requests_against_the_limit():
             "workflows": [{"id": wf, "runs": runs}],
         },
     )
-    exporter = Exporter(config, process_metrics=False, state_store=MemoryStore())
+    running = start_exporter(config, process_metrics=False)
+    exporter = running.exporter
     try:
         samples = parse_samples(exporter.render().decode())
         assert sample(samples, "copyai_api_budget_utilization_ratio") == 0
-        # 30 runs at one request a second: the first scrape cannot have them all, so
+        # 30 runs at one request a second: the first refresh cannot have them all, so
         # it answers early and the limiter paces the rest in the background
         report = exporter.refresh(time.monotonic() + 10)
         assert not report.completed
         wait_for(lambda: sim_stats(sim).get("get_run", 0) >= 3, timeout=30)
         samples = parse_samples(exporter.render().decode())
         ratio = sample(samples, "copyai_api_budget_utilization_ratio")
-        assert ratio is not None and 3 / 60 <= ratio <= 1
+        assert ratio is not None and 3 / 60 <= ratio <= 30 / 60
+        budget = requests.get(f"{running.url}/status.json", timeout=10).json()["api"]["budget"]
+        assert budget["limit_per_minute"] == 60
+        assert budget["used_ratio"] == budget["requests_last_minute"] / 60 >= 3 / 60
+        assert 0 < budget["refresh_backlog"] <= 30 - 3
     finally:
         exporter.close()
         sim.stop()

@@ -2,6 +2,9 @@
 config reload status, and the connections of its HTTP listeners. These are long-lived
 metric objects on purpose: their label values are bounded (endpoint, HTTP code, error
 kind, listener) and they describe this process, not data from the API.
+
+The same observations also feed `RecentRequests`, the last hour of requests in
+per-minute buckets that the status page shows.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import platform
 import threading
 import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -37,42 +43,88 @@ API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BUDGET_WINDOW_SECONDS = 60  # copyai_api_budget_utilization_ratio looks this far back
 
 
-class RecentCount:
-    """Events in the last `seconds` (per-second buckets: bounded, a few µs an event)."""
+def budget_ratio(requests_last_minute: int, max_requests_per_second: float) -> float | None:
+    """Requests of the last minute against what the client-side limit allows in one
+    (None when unlimited): copyai_api_budget_utilization_ratio and the status page."""
+    allowed = max_requests_per_second * BUDGET_WINDOW_SECONDS
+    return requests_last_minute / allowed if allowed > 0 else None
 
-    def __init__(self, seconds: int, clock: Callable[[], float] = time.monotonic):
-        self._seconds = seconds
+
+@dataclass(frozen=True)
+class RecentSummary:
+    """API requests of this process over the last hour and the last minute."""
+
+    requests: int  # requests sent in the last hour, retries included
+    requests_by_code: dict[str, int]  # by HTTP status code ("error": no answer)
+    errors: int  # operations failed after retries, in the last hour
+    errors_by_kind: dict[str, int]
+    requests_last_minute: int  # requests sent in the last 60 seconds
+
+
+class RecentRequests:
+    """The last hour of API requests in per-minute buckets (requests by code, failed
+    operations by kind), and the last minute in per-second slots: a few KB whatever the
+    traffic. Its lock is a leaf."""
+
+    MINUTES = 60
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets = [0] * seconds
-        self._stamps = [-1] * seconds  # which second each bucket counts
+        # (minute number, requests by code, errors by kind), oldest first
+        self._minutes: deque[tuple[int, Tally[str], Tally[str]]] = deque(maxlen=self.MINUTES)
+        self._seconds = [[-1, 0] for _ in range(60)]  # [second number, requests]
 
-    def add(self) -> None:
-        second = int(self._clock())
-        slot = second % self._seconds
-        with self._lock:
-            if self._stamps[slot] != second:
-                self._stamps[slot], self._buckets[slot] = second, 0
-            self._buckets[slot] += 1
+    def _bucket(self, now: float) -> tuple[int, Tally[str], Tally[str]]:
+        minute = int(now // 60)
+        if not self._minutes or self._minutes[-1][0] != minute:
+            self._minutes.append((minute, Tally(), Tally()))
+        return self._minutes[-1]
 
-    def total(self) -> int:
-        now = int(self._clock())
+    def request(self, code: str) -> None:
+        now = self._clock()
+        second = int(now)
         with self._lock:
-            return sum(
-                count
-                for count, stamp in zip(self._buckets, self._stamps, strict=True)
-                if now - stamp < self._seconds
-            )
+            self._bucket(now)[1][code] += 1
+            slot = self._seconds[second % 60]
+            if slot[0] != second:
+                slot[0], slot[1] = second, 0
+            slot[1] += 1
+
+    def error(self, kind: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self._bucket(now)[2][kind] += 1
+
+    def summary(self) -> RecentSummary:
+        now = self._clock()
+        since_minute = int(now // 60) - self.MINUTES + 1
+        since_second = int(now) - 59
+        codes: Tally[str] = Tally()
+        kinds: Tally[str] = Tally()
+        with self._lock:
+            for minute, by_code, by_kind in self._minutes:
+                if minute >= since_minute:
+                    codes.update(by_code)
+                    kinds.update(by_kind)
+            last_minute = sum(n for second, n in self._seconds if second >= since_second)
+        return RecentSummary(
+            requests=sum(codes.values()),
+            requests_by_code=dict(sorted(codes.items())),
+            errors=sum(kinds.values()),
+            errors_by_kind=dict(sorted(kinds.items())),
+            requests_last_minute=last_minute,
+        )
 
 
 class Telemetry:
     """Implements `client.RequestObserver` and `server.ConnectionObserver`."""
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic):
+        self.recent = RecentRequests(clock)
         # `_created` series double the counters' output and Prometheus ignores them in
         # the classic text format; counters here start at zero with the process.
         disable_created_metrics()
-        self.recent_requests = RecentCount(BUDGET_WINDOW_SECONDS)
         self.api_requests = Counter(
             "copyai_api_requests_total",
             "HTTP requests made to the Copy.ai API, by endpoint and HTTP status code "
@@ -176,10 +228,11 @@ class Telemetry:
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()
         self.api_duration.labels(endpoint).observe(seconds)
-        self.recent_requests.add()
+        self.recent.request(code)
 
     def observe_error(self, endpoint: str, kind: str) -> None:
         self.api_errors.labels(endpoint, kind).inc()
+        self.recent.error(kind)
 
     def config_loaded(self, ok: bool, now: float | None = None) -> None:
         self.reload_ok.set(1 if ok else 0)

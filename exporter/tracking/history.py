@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 
 
 BASELINE, WATCHED = "baseline", "watched"
+
+# why a run is no longer tracked (DroppedRun.reason)
+OUTSIDE_WINDOW = "window"  # finished and created before discovery.window_seconds
+OVER_CAP = "cap"  # the oldest past discovery.max_tracked_runs
+GONE = "not_found"  # the API answered 404 for it
+UNCONFIGURED = "unconfigured"  # removed from runs[] of a workflow without discover
+MAX_REMEMBERED_DROPS = 1000  # per workflow, newest kept: for the status page's lookup
 
 
 @dataclass(slots=True)
@@ -90,6 +97,18 @@ class TrackedRun:
 _RUN_FIELDS = tuple(f.name for f in fields(TrackedRun))
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedRun:
+    """A run the history let go of (or never took, being too old), and why: remembered
+    in memory, the newest MAX_REMEMBERED_DROPS per workflow, to answer "why is this run
+    not tracked?"."""
+
+    run_id: str
+    reason: str  # OUTSIDE_WINDOW, OVER_CAP, GONE or UNCONFIGURED
+    at: float | None  # wall time it was dropped (None: at a reload)
+    created_at: float | None
+
+
 @dataclass
 class DiscoveryState:
     """Where paging through the list endpoint stands, kept across refreshes."""
@@ -135,6 +154,7 @@ class WorkflowHistory:
         self.discovery = DiscoveryState()
         self.discovering = False  # discover: true (set by the book)
         self.runs: dict[str, TrackedRun] = {}
+        self.dropped: OrderedDict[str, DroppedRun] = OrderedDict()
         self._status_counts: Counter[RunStatus] = Counter()
         self._active: set[str] = set()
         self.dirty_runs: set[str] = set()
@@ -170,9 +190,14 @@ class WorkflowHistory:
             run = self.runs.get(run_id)
             if run is None:
                 if not pinned and created_at is not None and self._too_old(created_at, when):
+                    self._remember_drop(
+                        run_id, self._why_too_old(created_at, when), when, created_at
+                    )
                     return False
                 run = TrackedRun(run_id=run_id, first_seen=when, pinned=pinned)
                 self.runs[run_id] = run
+                if self.dropped:
+                    self.dropped.pop(run_id, None)
             elif pinned:
                 run.pinned = True
             self.dirty_runs.add(run_id)
@@ -181,7 +206,7 @@ class WorkflowHistory:
                 if not run.pinned and self._too_old(created_at, when):
                     # first seen without createdAt (a webhook): it turns out to be a run
                     # the window or the cap already let go of, so nothing is counted
-                    self._drop(run)
+                    self._drop(run, self._why_too_old(created_at, when), when, created_at)
                     return False
                 run.created_at = created_at
                 self._latest("last_created", created_at)
@@ -237,6 +262,11 @@ class WorkflowHistory:
     def _too_old(self, created_at: float, now: float) -> bool:
         window_start = now - self.discovery_config.window_seconds
         return created_at < window_start or created_at <= self.forget_horizon
+
+    def _why_too_old(self, created_at: float, now: float) -> str:
+        if created_at < now - self.discovery_config.window_seconds:
+            return OUTSIDE_WINDOW
+        return OVER_CAP
 
     def _apply_status(self, run: TrackedRun, status: RunStatus, when: float) -> None:
         previous = run.status
@@ -354,7 +384,7 @@ class WorkflowHistory:
         with self.lock:
             for run in list(self.runs.values()):
                 if run.pinned and run.run_id not in pinned and drop_unpinned:
-                    self._drop(run)
+                    self._drop(run, UNCONFIGURED)
                 elif run.pinned != (run.run_id in pinned):
                     run.pinned = run.run_id in pinned
                     self.dirty_runs.add(run.run_id)
@@ -375,7 +405,7 @@ class WorkflowHistory:
                 )
             ]
             for run in dropped:
-                self._drop(run)
+                self._drop(run, OUTSIDE_WINDOW, now)
             excess = len(self.runs) - config.max_tracked_runs
             if excess > 0:
                 candidates = sorted(
@@ -383,7 +413,7 @@ class WorkflowHistory:
                     key=lambda r: (r.active, r.created_at or -math.inf),
                 )[:excess]
                 for run in candidates:
-                    self._drop(run)
+                    self._drop(run, OVER_CAP, now)
                     if run.created_at is not None:
                         self.forget_horizon = max(self.forget_horizon, run.created_at)
                 self.meta_dirty = True
@@ -398,9 +428,16 @@ class WorkflowHistory:
                 dropped.extend(candidates)
             return len(dropped)
 
-    def _drop(self, run: TrackedRun) -> None:
+    def _drop(
+        self,
+        run: TrackedRun,
+        reason: str,
+        when: float | None = None,
+        created_at: float | None = None,
+    ) -> None:
         if self.runs.pop(run.run_id, None) is None:
             return
+        self._remember_drop(run.run_id, reason, when, run.created_at or created_at)
         if run.status is not None:
             self._status_counts[run.status] -= 1
         self._active.discard(run.run_id)
@@ -456,11 +493,29 @@ class WorkflowHistory:
             if run is not None:
                 run.last_seen = run.last_fetch = when
 
-    def drop(self, run_id: str) -> None:
+    def _remember_drop(
+        self, run_id: str, reason: str, when: float | None, created_at: float | None
+    ) -> None:
+        dropped = self.dropped
+        dropped[run_id] = DroppedRun(run_id, reason, when, created_at)
+        dropped.move_to_end(run_id)
+        if len(dropped) > MAX_REMEMBERED_DROPS:
+            dropped.popitem(last=False)
+
+    def drop(self, run_id: str, when: float | None = None) -> None:
+        """The API does not know the run (404): forgotten."""
         with self.lock:
             run = self.runs.get(run_id)
             if run is not None and not run.pinned:
-                self._drop(run)
+                self._drop(run, GONE, when)
+
+    def lookup(self, run_id: str) -> TrackedRun | DroppedRun | None:
+        """A copy of the tracked run, or why it was let go of recently, or None."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is not None:
+                return TrackedRun(**{s: getattr(run, s) for s in TrackedRun.__slots__})  # type: ignore[attr-defined]
+            return self.dropped.get(run_id)
 
     def silent_fetches(self, run_id: str) -> int:
         """Fetches of the run in a row whose answers had no usable status (0 if unknown)."""

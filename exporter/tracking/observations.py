@@ -258,7 +258,7 @@ class Applier:
         elif isinstance(message, FetchTried):
             history.touch(run_id, message.when)
         elif isinstance(message, RunGone):
-            history.drop(run_id)
+            history.drop(run_id, message.when)
         return True
 
     def _delivered(self, event: WebhookEvent, when: float) -> None:

@@ -33,6 +33,7 @@ from exporter.config import Config, WorkflowConfig
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.discovery import DiscoveryCycle
 from exporter.tracking.health import ApiHealth, Batch
+from exporter.tracking.journal import Journal
 from exporter.tracking.observations import (
     Applier,
     FetchFailed,
@@ -129,7 +130,10 @@ class Refresher:
         replication: Replication | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ):
+        """`journal` keeps the recent API errors and listings for the status page."""
+        self._journal = journal if journal is not None else Journal(wall_clock())
         self._config = config
         self._client = client
         self._store = store
@@ -435,10 +439,12 @@ class Refresher:
         when = self._wall_clock()
         if _is_run_key(key):
             workflow_id, run_id = key  # type: ignore[misc]
+            self._journal.api_error(when, "get_run", error, workflow_id, run_id)
             self._store.record_failure(key, error, self._clock())  # type: ignore[arg-type]
             self._replication.submit(FetchFailed(workflow_id, run_id, when, error.signature))
         elif isinstance(key, tuple) and key[:1] == (_TRACKED,):
             _, workflow_id, run_id = key
+            self._journal.api_error(when, "get_run", error, workflow_id, run_id)
             gone = error.kind == ErrorKind.NOT_FOUND
             self._replication.submit((RunGone if gone else FetchTried)(workflow_id, run_id, when))
 
@@ -538,6 +544,7 @@ class Refresher:
 
     def _note_discovery(self, workflow_id: str, error: ApiError | None) -> None:
         """Log a failing listing once per change of error, and its recovery once."""
+        self._journal.listing(workflow_id, self._wall_clock(), error)
         signature = error.signature if error is not None else None
         previous = self._discovery_errors.get(workflow_id)
         if signature == previous:
@@ -601,6 +608,7 @@ class Refresher:
             self._client.list_runs(workflow_id, page=1, size=1)
         except ApiError as exc:
             batch.record(exc)
+            self._journal.api_error(self._wall_clock(), "list_runs", exc, workflow_id)
             log.debug("API check failed kind=%s error=%r", exc.kind, str(exc))
         except Exception:
             log.exception("unexpected error checking the API")

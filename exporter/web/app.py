@@ -1,17 +1,18 @@
 """The exporter's WSGI application: /metrics (refresh within the scrape's deadline, then
-render), the landing page, /-/healthy, /-/ready and /-/reload."""
+render), the status page (/ and /status.json), /-/healthy, /-/ready and /-/reload."""
 
 from __future__ import annotations
 
-import html
+import json
 import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from exporter import __version__
+from exporter.web import status, status_page
 
 if TYPE_CHECKING:  # the server itself never needs the runtime
     from exporter.runtime import Exporter
@@ -50,14 +51,18 @@ class ExporterApp:
         options: WebOptions,
         reload: Callable[[], tuple[bool, str]],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ):
+        """`clock` is the exporter's monotonic clock (scrape deadlines, fetch times)."""
         self._exporter = exporter
         self._options = options
         self._reload = reload
         self._clock = clock
+        self._wall_clock = wall_clock
         self.shutting_down = False
         self._routes: dict[str, tuple[tuple[str, ...], Callable[..., Iterable[bytes]]]] = {
-            "/": (("GET", "HEAD"), self._landing),
+            "/": (("GET", "HEAD"), self._status_page),
+            "/status.json": (("GET", "HEAD"), self._status_json),
             options.telemetry_path: (("GET", "HEAD"), self._metrics),
             "/-/healthy": (("GET", "HEAD"), self._healthy),
             "/-/ready": (("GET", "HEAD"), self._ready),
@@ -120,24 +125,39 @@ class ExporterApp:
                 return value
         return self._options.default_scrape_timeout
 
-    def _landing(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        view = self._exporter.view()
-        path = html.escape(self._options.telemetry_path)
-        runs = len(view.store)
-        page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Copy.ai exporter</title></head>
-<body>
-<h1>Copy.ai exporter</h1>
-<p>Prometheus exporter for Copy.ai workflow runs, version {html.escape(__version__)}.</p>
-<ul>
-<li><a href="{path}">Metrics</a></li>
-<li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
-</ul>
-<p>Watching {len(view.config.workflows)} workflow(s) and {runs} configured run(s)
-at {html.escape(view.config.api.base_url)}.</p>
-</body></html>
-"""
-        return _text(start_response, "200 OK", page, content_type="text/html; charset=utf-8")
+    # --- the status page: what the exporter sees, for people (/) and scripts -------------
+
+    def _status_facts(self, environ: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        query = _query(environ)
+        exporter = self._exporter
+        sources = status.StatusSources(
+            view=exporter.view(),
+            journal=exporter.journal,
+            recent=exporter.telemetry.recent,
+            now=self._wall_clock(),
+            monotonic=self._clock(),
+        )
+        return status.gather(sources, query.get("run")), query
+
+    def _status_page(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        facts, query = self._status_facts(environ)
+        page = status_page.render(
+            facts,
+            telemetry_path=self._options.telemetry_path,
+            refresh=status_page.refresh_seconds(query.get("refresh")),
+        )
+        return _unsized(start_response, page.encode(), "text/html; charset=utf-8")
+
+    def _status_json(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        facts, _ = self._status_facts(environ)
+        text = json.dumps(facts, indent=1, allow_nan=False)
+        # never markup, even to a client that sniffs: <, > and & as JSON escapes
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return _unsized(start_response, text.encode() + b"\n", "application/json")
 
     def _healthy(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         return _text(start_response, "200 OK", "Healthy\n")
@@ -159,6 +179,23 @@ at {html.escape(view.config.api.base_url)}.</p>
         ok, message = self._reload()
         status = "200 OK" if ok else "500 Internal Server Error"
         return _text(start_response, status, message.rstrip("\n") + "\n")
+
+
+def _query(environ: dict[str, Any]) -> dict[str, str]:
+    """The first value of each query parameter (a malformed query reads as none)."""
+    try:
+        parsed = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=20)
+    except ValueError:
+        return {}
+    return {name: values[0] for name, values in parsed.items() if values}
+
+
+def _unsized(start_response: StartResponse, payload: bytes, content_type: str) -> Iterator[bytes]:
+    """A page sent without a Content-Length (as /metrics): its GET and HEAD answers have
+    the same headers, though the text of two renders differs (ages, times). Sent with a
+    strict Content-Security-Policy: no script, no image, the one inline style by hash."""
+    start_response("200 OK", [("Content-Type", content_type), *status_page.PAGE_HEADERS])
+    return iter([payload])
 
 
 def _gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:

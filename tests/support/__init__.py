@@ -9,6 +9,7 @@
     processes.py  copyai-exporter in a subprocess, its stderr collected
     redis.py      a redis-server of the test's own
     pki.py        a throwaway CA and certificates for TLS tests
+    browser.py    headless Chromium: a page's DOM after load, and its CSP violations
     api_examples.py  the public API documentation's example bodies (tests/fixtures/api)
 
 No test module imports another test module: what two of them need is here.
