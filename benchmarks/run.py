@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import rows
+from benchmarks import rows, workspace
 from benchmarks.harness import (
     API_KEY,
     ROOT,
@@ -69,6 +69,7 @@ PHASE_ROWS = {
     "replicas": {"7"},
     "slow_clients": {"8"},
     "status": {"9"},
+    "workspace": {"10"},
 }
 
 
@@ -87,6 +88,8 @@ class Sizes:
     replica_refresh: float = 10.0  # row 7: refresh_interval_seconds, real time
     replica_intervals: int = 3  # row 7: refresh intervals the steady calls are counted over
     slow_clients: int = 3000  # row 8: at the default --web.max-connections (512)
+    workspace_workflows: int = 1000  # row 10
+    workspace_seconds: float = 600.0  # row 10: real time, both modes at once
 
     @property
     def small(self) -> int:
@@ -109,6 +112,8 @@ QUICK = Sizes(
     replica_refresh=5.0,
     replica_intervals=2,
     slow_clients=600,
+    workspace_workflows=100,
+    workspace_seconds=120.0,
 )
 
 
@@ -790,6 +795,19 @@ class Bench:
             f"the {BUSY_DEADLINE_SECONDS:g} s one: that is most of the time to close them all"
         )
 
+    def workspace(self) -> None:
+        """Row 10: 1,000 discovered workflows at the default API budget, polling only
+        and webhook-first, side by side (benchmarks/workspace.py)."""
+        s = self.sizes
+        progress(
+            f"row 10: {s.workspace_workflows:,} workflows, polling only and webhook-first, "
+            f"{s.workspace_seconds / 60:.0f} min"
+        )
+        modes = workspace.measure(self, s.workspace_workflows, s.workspace_seconds)
+        for line in workspace.lines(modes, s.workspace_workflows, s.workspace_seconds):
+            self.report.add("10", **line)
+        self.report.note(workspace.note(modes))
+
     def status_page(self) -> None:
         """Row 9: the status page and /status.json of an exporter with 10,000 configured
         runs, before any run is fetched (every run a problem to sort and explain) and
@@ -1006,7 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PHASE_ROWS),
         help="phases to run (comma-separated): configured (rows 1, 2, 3, 6), large (rows 3 "
         "and 5 at 10,000 runs), discovery (rows 4 and 5), replicas (row 7, needs "
-        "redis-server), slow_clients (row 8), status (row 9)",
+        "redis-server), slow_clients (row 8), status (row 9), workspace (row 10: 1,000 "
+        "workflows at the default budget, 10 minutes)",
     )
     parser.add_argument(
         "--update",
@@ -1046,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
             "replicas": bench.replicas,
             "slow_clients": bench.slow_clients,
             "status": bench.status_page,
+            "workspace": bench.workspace,
         }
         try:
             for name in chosen:

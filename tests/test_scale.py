@@ -96,6 +96,7 @@ def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_st
     )
     exporter = fake_time_exporter(config, clock)
     subscribe_all(world)
+    world.faults.update({"webhook_shape": "record"})  # deliveries carry createdAt
     since = clock.wall()
 
     def step(with_runs: bool) -> bool:
@@ -146,6 +147,59 @@ def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_st
         sim.stop()
 
 
+def test_a_delivery_without_created_at_brings_a_listing_at_the_next_refresh():
+    """The documented payloads carry no createdAt, and a run cannot be counted as
+    created while watched without it: a webhook-fed workflow with such a run is listed
+    at the next refresh (one page brings it for all of them), then reconciles again."""
+    clock = FakeClock()
+    world = World(api_key=API_KEY, clock=clock.wall, seed=21)
+    sim = RunningSimulator(world)
+    wf = world.add_workflow("hooks", "WCFG-scale-documented")
+    world.add_run(wf, FOREVER, age_seconds=3600)
+    config = scale_config(
+        sim,
+        {
+            "api": {"base_url": sim.base_url, "max_requests_per_second": 0},
+            "collector": {"refresh_interval_seconds": 30, "up_check_interval_seconds": 0},
+            "webhooks": {"listen_address": "127.0.0.1:0", "reconcile_interval_seconds": 290},
+            "workflows": [{"id": wf, "discover": True}],
+        },
+    )
+    exporter = fake_time_exporter(config, clock)
+    subscribe_all(world)
+    since = clock.wall()
+
+    def step(shape: str) -> tuple[bool, float | None]:
+        """A run in a 30 s interval, delivered in `shape`; whether the refresh after it
+        listed the workflow, and the runs counted as created then."""
+        world.faults.update({"webhook_shape": shape})
+        world.start_run(wf, fail=False)
+        deliver(world, exporter)
+        clock.advance(30)
+        deliver(world, exporter)
+        before = list_calls(sim)
+        exporter.refresh(time.monotonic() + 30)
+        samples = parse_samples(exporter.render().decode())
+        return list_calls(sim) > before, sample(
+            samples, "copyai_workflow_runs_created_total", workflow_id=wf
+        )
+
+    try:
+        exporter.refresh(time.monotonic() + 30)
+        assert step("record") == (False, 1)  # fed: no listing, counted from the delivery
+        assert step("documented") == (True, 2)  # listed at once: counted at this refresh
+        assert step("record") == (False, 3)  # nothing awaits createdAt: reconciling again
+        assert step("documented") == (True, 4)
+        assert sim_stats(sim).get("get_run", 0) == 0
+        truth = world.truth(since)[wf]
+        samples = parse_samples(exporter.render().decode())
+        assert sample(samples, "copyai_workflow_runs_finished_total", workflow_id=wf) == 4
+        assert truth["created"] == truth["finished"] == 4
+    finally:
+        exporter.close()
+        sim.stop()
+
+
 def test_a_workspace_wide_registration_slows_every_workflow_while_any_delivery_arrives():
     clock = FakeClock()
     world = World(api_key=API_KEY, clock=clock.wall, seed=17)
@@ -187,6 +241,7 @@ def test_a_workspace_wide_registration_slows_every_workflow_while_any_delivery_a
             exporter.close()
 
     subscribe_all(world)
+    world.faults.update({"webhook_shape": "record"})
     try:
         assert run(per_workflow=True) == 8, "only the workflow with deliveries slows down"
         assert run(per_workflow=False) == 0, "one workspace-wide stream feeds every workflow"

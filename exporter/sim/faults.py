@@ -81,6 +81,9 @@ def gzip_bomb() -> bytes:
         return _gzip_bomb
 
 
+WEBHOOK_SHAPES = ("mixed", "documented", "record")
+
+
 @dataclass
 class Faults:
     """What goes wrong, settable while the simulator runs."""
@@ -112,6 +115,8 @@ class Faults:
     webhook_delay_seconds: float = 0.0  # deliveries leave this late
     webhook_duplicate: bool = False  # every delivery is made twice
     webhook_reorder: bool = False  # a run's `started` is delivered after its end
+    # run deliveries: "mixed" (by run), "documented" (no createdAt, no status) or "record"
+    webhook_shape: str = "mixed"
 
     def __post_init__(self) -> None:
         self._flap_turns = itertools.count()  # not a field: not settable, not listed
@@ -129,6 +134,8 @@ class Faults:
             isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
         ):
             raise ValueError("flap_statuses must be a non-empty list of HTTP status codes")
+        if changes.get("webhook_shape", self.webhook_shape) not in WEBHOOK_SHAPES:
+            raise ValueError(f"webhook_shape must be one of {', '.join(WEBHOOK_SHAPES)}")
         if mode == "gzip_bomb":
             gzip_bomb()  # built now, so the first answer is not late by the building
         for name, value in changes.items():

@@ -228,7 +228,7 @@ class World:
         faults = self.faults
         deliveries = []
         for event_type, run, workflow_id in outbox:
-            payloads = [_webhook_payload(event_type, run, workflow_id, now)]
+            payloads = [_webhook_payload(event_type, run, workflow_id, now, faults.webhook_shape)]
             if faults.webhook_reorder and run is not None:
                 if event_type == "workflowRun.started":
                     self._held_started[run.run_id] = payloads[0]  # sent after the end
@@ -355,17 +355,18 @@ class World:
 
 
 def _webhook_payload(
-    event_type: str, run: SimRun | None, workflow_id: str | None, now: float
+    event_type: str, run: SimRun | None, workflow_id: str | None, now: float, shape: str
 ) -> dict[str, Any]:
-    """Both shapes senders use: the documented one (`result`) and the whole run record
-    plus `type` (`output`), alternating by run."""
+    """Both shapes senders use: the documented one (`result`, no createdAt or status)
+    and the whole run record plus `type` (`output`); alternating by run when mixed."""
     if run is None:
         payload: dict[str, Any] = {"type": event_type}
         if workflow_id is not None:
             payload["workflowId"] = workflow_id
         return payload
     record = run.record(now)
-    if int(run.run_id[-1], 16) % 2 == 0:
+    documented = int(run.run_id[-1], 16) % 2 == 0 if shape == "mixed" else shape == "documented"
+    if documented:
         payload = {
             "type": event_type,
             "workflowRunId": run.run_id,

@@ -157,6 +157,7 @@ class WorkflowHistory:
         self.dropped: OrderedDict[str, DroppedRun] = OrderedDict()
         self._status_counts: Counter[RunStatus] = Counter()
         self._active: set[str] = set()
+        self._undated: set[str] = set()  # runs whose createdAt is not known yet
         self.dirty_runs: set[str] = set()
         self.removed_runs: set[str] = set()
         self.meta_dirty = True
@@ -196,6 +197,7 @@ class WorkflowHistory:
                     return False
                 run = TrackedRun(run_id=run_id, first_seen=when, pinned=pinned)
                 self.runs[run_id] = run
+                self._undated.add(run_id)
                 if self.dropped:
                     self.dropped.pop(run_id, None)
             elif pinned:
@@ -209,6 +211,7 @@ class WorkflowHistory:
                     self._drop(run, self._why_too_old(created_at, when), when, created_at)
                     return False
                 run.created_at = created_at
+                self._undated.discard(run_id)
                 self._latest("last_created", created_at)
             if credits is not None and self._takes_credits(run, status, reported):
                 run.credits = credits
@@ -441,6 +444,7 @@ class WorkflowHistory:
         if run.status is not None:
             self._status_counts[run.status] -= 1
         self._active.discard(run.run_id)
+        self._undated.discard(run.run_id)
         self.dirty_runs.discard(run.run_id)
         self.removed_runs.add(run.run_id)
 
@@ -472,6 +476,13 @@ class WorkflowHistory:
                 and now - run.last_fetch >= interval * silent_backoff(run.silent_fetches)
             )
             return due
+
+    def awaiting_created(self) -> bool:
+        """Whether some run's createdAt is still unknown (known from a delivery that did
+        not carry it, as the documented payloads do not): until a look brings it, the run
+        cannot be counted as created while watched, nor its duration measured."""
+        with self.lock:
+            return bool(self._undated)
 
     def oldest_look(self) -> float | None:
         """The time of the stalest data behind the workflow's metrics: its last listing
@@ -646,6 +657,8 @@ class WorkflowHistory:
                     self._status_counts[run.status] += 1
                 if run.active:
                     self._active.add(run.run_id)
+                if run.created_at is None:
+                    self._undated.add(run.run_id)
             for run_id in removed:
                 old = self.runs.pop(run_id, None)
                 if old is not None:
@@ -658,6 +671,7 @@ class WorkflowHistory:
         if run.status is not None:
             self._status_counts[run.status] -= 1
         self._active.discard(run.run_id)
+        self._undated.discard(run.run_id)
 
     def _load_meta(self, meta: dict[str, Any]) -> None:
         self.watch_start = float(meta["watch_start"])

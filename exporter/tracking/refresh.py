@@ -229,7 +229,9 @@ class Refresher:
     def _intervals(self, wall: float) -> dict[str, float]:
         """Each workflow's due age: the refresh interval's, or while webhook deliveries
         about it arrive (or about any workflow, for a workspace-wide registration), the
-        slower reconciliation interval's."""
+        slower reconciliation interval's. Not while a delivered run's createdAt is
+        unknown (the documented payloads lack it): counting it waits for a look, and one
+        listing brings it for every such run of the workflow."""
         normal = self._due_age
         webhooks = self._config.webhooks
         histories = self._book.all()
@@ -242,10 +244,13 @@ class Refresher:
         workspace_wide = webhooks.register is not None and not webhooks.register.per_workflow
         latest = max((t for t in delivered.values() if t is not None), default=None)
         intervals = {}
-        for workflow_id, last in delivered.items():
+        for history in histories:
+            last = delivered[history.workflow_id]
             seen = latest if workspace_wide and latest is not None else last
             fed = seen is not None and wall - seen < reconcile
-            intervals[workflow_id] = slow if fed else normal
+            if fed and history.awaiting_created():
+                fed = False
+            intervals[history.workflow_id] = slow if fed else normal
         return intervals
 
     def _plan(
