@@ -257,7 +257,11 @@ def _serve(
         metrics = HttpServer(app, args.listen_address, web, listener="metrics", **limits)
         servers.append(metrics.start())
         if webhooks is not None:
-            receiver = WebhookApp(lambda: exporter.config.webhooks, exporter)
+            receiver = WebhookApp(
+                lambda: exporter.config.webhooks,
+                exporter,
+                lambda: exporter.config.attribution.keys,
+            )
             hooks = HttpServer(receiver, webhooks.listen_address, web, listener="webhook", **limits)
             servers.append(hooks.start())
     except OSError as exc:

@@ -241,6 +241,7 @@ class Exporter:
                 health,
                 self._scrape_duration,
                 self.book,
+                now=self._wall_clock(),
                 state_up=state_up,
                 leader=leader,
                 backlog=self._refresher.backlog,

@@ -100,6 +100,8 @@ def scenario() -> list[str]:
             },
             {"id": "WCFG-golden-hooks"},
         ],
+        "budgets": [{"name": "seo-month", "credits": 100, "workflows": ["WCFG-golden-seo"]}],
+        "attribution": {"keys": ["metadata.api", "input.team"], "max_values_per_key": 2},
     }
     config = build_config(document, source="golden", env={"COPYAI_API_KEY": API_KEY})
     exporter = Exporter(

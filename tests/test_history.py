@@ -818,3 +818,162 @@ def test_a_removal_whose_flush_failed_is_written_by_the_next_one():
     book.flush()
     removed = [run_id for changes in store.saved for (_, _, _, gone) in changes for run_id in gone]
     assert removed == ["a"]
+
+
+# --- queue wait, processing, wasted credits (issue 14) -----------------------------------
+
+
+def histogram(h: WorkflowHistory, name: str) -> tuple[int, float]:
+    """(observations, sum) of one of the workflow's histograms."""
+    snap = h.snapshot().histograms[name]
+    return snap.counts[-1], snap.sum
+
+
+def test_queue_and_processing_are_observed_once_from_the_first_look_that_sees_it_running():
+    h = history()
+    h.observe("r1", when=1_020.0, status=S.NEW, created_at=1_010.0)
+    h.observe("r1", when=1_030.0, status=S.WAITING)
+    assert h.snapshot().values["oldest_queued_created"] == 1_010.0
+    assert h.snapshot().values["oldest_running_started"] is None
+    h.observe("r1", when=1_045.0, status=S.PROCESSING)  # its start, as far as we know
+    h.observe("r1", when=1_050.0, status=S.RETRYING)  # still the same start
+    h.observe("r1", when=1_055.0, status=S.PROCESSING)
+    snap = h.snapshot()
+    assert snap.values["oldest_queued_created"] is None
+    assert snap.values["oldest_running_started"] == 1_045.0
+    assert histogram(h, "queue") == (1, 35.0)
+    assert histogram(h, "processing") == (0, 0.0)  # not ended yet
+    h.observe("r1", when=1_100.0, status=S.COMPLETE, credits=12.0)
+    h.observe("r1", when=1_130.0, status=S.COMPLETE, credits=12.0)  # seen again: nothing
+    assert histogram(h, "queue") == (1, 35.0)
+    assert histogram(h, "processing") == (1, 55.0)
+    assert histogram(h, "credits_used") == (1, 12.0)
+    assert h.snapshot().histograms["credits_used"].counts == (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1)
+    snap = h.snapshot()
+    assert snap.values["failed_credits"] == 0
+    assert snap.values["oldest_running_started"] is None
+
+
+def test_a_run_first_seen_finished_has_no_start_so_neither_queue_nor_processing():
+    h = history()
+    h.observe("r1", when=1_050.0, status=S.COMPLETE, created_at=1_020.0, credits=3.0)
+    h.observe("r2", when=1_050.0, status=S.FAILED, created_at=1_030.0, credits=5.0)
+    h.observe("r3", when=1_050.0, status=S.FAILED, created_at=1_040.0)  # credits later
+    assert histogram(h, "queue") == (0, 0.0)
+    assert histogram(h, "processing") == (0, 0.0)
+    assert histogram(h, "credits_used") == (2, 8.0)
+    assert h.snapshot().values["failed_credits"] == 5.0
+    h.observe("r3", when=1_060.0, status=S.FAILED, credits=7.0)
+    h.observe("r3", when=1_070.0, status=S.FAILED, credits=9.0)  # final once known
+    snap = h.snapshot()
+    assert snap.values["failed_credits"] == 12.0
+    assert snap.values["credits"] == 15.0
+    assert histogram(h, "credits_used") == (3, 15.0)
+
+
+def test_baseline_runs_are_never_observed_in_the_new_histograms_or_wasted_credits():
+    h = history()
+    # created before the watch began: running, queued and ended ones
+    h.observe("b1", when=1_020.0, status=S.PROCESSING, created_at=990.0)
+    h.observe("b2", when=1_020.0, status=S.NEW, created_at=995.0)
+    h.observe("b3", when=1_020.0, status=S.FAILED, created_at=980.0, credits=4.0)
+    h.observe("b2", when=1_030.0, status=S.PROCESSING)
+    h.observe("b1", when=1_040.0, status=S.FAILED, credits=6.0)  # seen active: counted end
+    h.observe("b2", when=1_050.0, status=S.COMPLETE, credits=1.0)
+    assert histogram(h, "queue") == (0, 0.0)
+    assert histogram(h, "processing") == (0, 0.0)
+    snap = h.snapshot()
+    # the ends it saw happen are counted as before (seen active), b3 is not an event
+    assert (snap.values["finished"], snap.values["credits"]) == (2, 7.0)
+    assert snap.values["failed_credits"] == 6.0
+    assert histogram(h, "credits_used") == (2, 7.0)
+
+
+def test_a_started_delivery_is_the_start_and_waits_for_created_at_like_the_rest():
+    h = history()
+    # workflowRun.started, documented shape: no createdAt, no status
+    h.observe("r1", when=1_040.0, started=True)
+    assert histogram(h, "queue") == (0, 0.0)
+    h.observe("r1", when=1_045.0, status=S.PROCESSING, created_at=1_010.0)  # the fetch
+    assert histogram(h, "queue") == (1, 30.0)  # from the delivery, not the fetch
+    assert h.snapshot().values["oldest_running_started"] == 1_040.0
+    h.observe("r1", when=1_050.0, started=True)  # delivered twice: nothing
+    h.observe("r1", when=1_090.0, status=S.COMPLETE, credits=2.0)
+    assert histogram(h, "queue") == (1, 30.0)
+    assert histogram(h, "processing") == (1, 50.0)
+    # a late `started` after the end changes nothing
+    h.observe("r2", when=1_100.0, status=S.COMPLETE, created_at=1_090.0, credits=1.0)
+    h.observe("r2", when=1_105.0, started=True)
+    assert h.runs["r2"].started_at is None
+    assert histogram(h, "processing") == (1, 50.0)
+
+
+def test_start_and_end_seen_before_created_at_are_observed_once_it_is_known():
+    h = history()
+    h.observe("r1", when=1_030.0, status=S.PROCESSING)  # a record without createdAt
+    h.observe("r1", when=1_060.0, status=S.COMPLETE, credits=3.0)  # counted (seen active)
+    assert histogram(h, "processing") == (0, 0.0)  # watched or baseline? not known yet
+    h.observe("r1", when=1_070.0, status=S.COMPLETE, created_at=1_020.0)
+    assert histogram(h, "queue") == (1, 10.0)
+    assert histogram(h, "processing") == (1, 30.0)
+    h.observe("r1", when=1_080.0, status=S.COMPLETE, created_at=1_020.0)
+    assert (histogram(h, "queue"), histogram(h, "processing")) == ((1, 10.0), (1, 30.0))
+    # the same, but created before the watch: never observed
+    h.observe("r2", when=1_030.0, status=S.PROCESSING)
+    h.observe("r2", when=1_060.0, status=S.COMPLETE, credits=3.0)
+    h.observe("r2", when=1_070.0, status=S.COMPLETE, created_at=900.0)
+    assert (histogram(h, "queue"), histogram(h, "processing")) == ((1, 10.0), (1, 30.0))
+
+
+def test_oldest_queued_and_running_gauges_tell_a_backlog_from_a_hung_run():
+    h = history()
+    h.observe("q1", when=1_020.0, status=S.NEW, created_at=1_015.0)
+    h.observe("q2", when=1_020.0, status=S.WAITING, created_at=1_005.0)
+    h.observe("p1", when=1_030.0, status=S.PROCESSING, created_at=1_001.0)
+    h.observe("p2", when=1_040.0, status=S.RETRYING, created_at=1_002.0)
+    h.observe("u1", when=1_040.0, status=S.UNKNOWN, created_at=1_000.0)  # not active
+    snap = h.snapshot()
+    assert snap.values["oldest_queued_created"] == 1_005.0
+    assert snap.values["oldest_running_started"] == 1_030.0
+    assert snap.values["oldest_active_created"] == 1_001.0
+    h.observe("q2", when=1_050.0, status=S.PROCESSING)
+    h.observe("p1", when=1_050.0, status=S.FAILED)
+    snap = h.snapshot()
+    assert snap.values["oldest_queued_created"] == 1_015.0
+    assert snap.values["oldest_running_started"] == 1_040.0
+
+
+def test_new_run_fields_round_trip_and_records_without_them_still_load():
+    h = history()
+    h.observe("r1", when=1_030.0, status=S.PROCESSING, created_at=1_020.0)
+    record = json.loads(json.dumps(h.runs["r1"].to_record()))
+    assert record["started_at"] == 1_030.0
+    assert TrackedRun.from_record(record) == h.runs["r1"]
+    old = {k: v for k, v in record.items() if k not in ("started_at", "attributes")}
+    loaded = TrackedRun.from_record(old)
+    assert (loaded.started_at, loaded.attributes) == (None, None)
+    # an old record of a running run: no start known, so no queue or processing from it
+    restored = WorkflowHistory.restore(WF, h.meta_record(), [old], {}, None)
+    restored.observe("r1", when=1_040.0, status=S.PROCESSING)
+    restored.observe("r1", when=1_050.0, status=S.COMPLETE, credits=1.0)
+    assert histogram(restored, "queue") == (1, 10.0)  # as persisted in the meta
+    assert histogram(restored, "processing") == (0, 0.0)
+    assert restored.snapshot().values["finished"] == 1
+
+
+def test_the_days_budgets_read_are_rebuilt_from_the_runs_of_an_older_state():
+    h = history(window=200_000.0)
+    h.observe("w", when=90_000.0, status=S.COMPLETE, created_at=89_000.0, credits=4.0)
+    h.observe("b", when=90_000.0, status=S.COMPLETE, created_at=500.0, credits=3.0)
+    day = 86_400.0
+    assert h.credits_between(0.0, day) == 3.0  # the baseline run, by its createdAt
+    assert h.credits_between(day, 2 * day) == 4.0  # the watched run, by its end
+    meta = json.loads(json.dumps(h.meta_record()))
+    runs = [r.to_record() for r in h.runs.values()]
+    assert WorkflowHistory.restore(WF, meta, runs, {}, None).daily_credits.days == {
+        0: 3.0,
+        1: 4.0,
+    }
+    del meta["daily_credits"]  # written by a version that kept no days
+    restored = WorkflowHistory.restore(WF, meta, runs, {}, None)
+    assert restored.daily_credits.days == {0: 3.0, 1: 4.0}

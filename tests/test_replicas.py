@@ -19,6 +19,7 @@ import pytest
 import requests
 import yaml
 
+from exporter.tracking.budgets import period_bounds
 from tests.support.exporters import API_KEY, sim_stats
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -283,3 +284,85 @@ def test_replicas_agree_with_the_truth_through_kill_9_and_a_redis_restart(
             20 + truth["finished"] - truth["failed"]
         )
     assert counters(late) == expected
+
+
+def insight(replica: Replica) -> dict:
+    """What replicas must agree on for issue 14: the budget and every attributed series."""
+    samples = replica.scrape()
+    return {
+        "used": sample(samples, "copyai_credit_budget_used_credits", budget="all"),
+        "attributed": {
+            (name, *sorted(labels)): value
+            for (name, labels), value in samples.items()
+            if name.endswith("_by_attribute_total")
+        },
+    }
+
+
+def test_replicas_agree_on_budgets_and_admitted_attribution_values(
+    sim, world, redis_server, replicas, tmp_path
+):
+    world.add_workflow("ha", WF)
+    baseline = [  # before anyone watched: in the budget by createdAt, not attributed
+        world.add_run(
+            WF, [("COMPLETE", None)], age_seconds=600 - i, credits=5, metadata={"customer": "old"}
+        )
+        for i in range(10)
+    ]
+    month_start, _ = period_bounds("month", time.time())
+    base = 5.0 * len([r for r in baseline if r.created_at >= month_start])  # 50 but on the 1st
+    config = write_config(tmp_path / "ha.yaml", sim, redis_server, "insight:", [], discover=True)
+    document = yaml.safe_load(config.read_text())
+    document["budgets"] = [{"name": "all", "credits": 1000, "period": "month", "workflows": "*"}]
+    document["attribution"] = {"keys": ["metadata.customer"], "max_values_per_key": 3}
+    config.write_text(yaml.safe_dump(document))
+    group = replicas(config, 3)
+    leader_of(group)
+    wait_for(lambda: all(insight(r)["used"] == base for r in group), timeout=30, interval=0.2)
+    stop = threading.Event()
+    scraper = keep_scraping(group, stop)
+    try:
+
+        def batch(customers: list[str], credits: int) -> None:
+            for customer in customers:
+                world.add_run(
+                    WF,
+                    [("NEW", 0.2), ("PROCESSING", 0.5), ("COMPLETE", None)],
+                    credits=credits,
+                    metadata={"customer": customer},
+                )
+
+        def agreed(members: list[Replica], used: float) -> dict | None:
+            seen = [insight(r) for r in members]
+            if all(s == seen[0] for s in seen) and seen[0]["used"] == used:
+                return seen[0]
+            return None
+
+        batch(["a", "b"], 1)
+        wait_for(lambda: agreed(group, base + 2), timeout=30, interval=0.2)
+        batch(["c", "d", "e"], 10)  # room for one more value: which one, all replicas agree
+        first = wait_for(lambda: agreed(group, base + 32), timeout=30, interval=0.2)
+        customers = {
+            dict(labels[1:])["value"]
+            for labels in first["attributed"]
+            if labels[0].startswith("copyai_workflow_run_credits")
+        }
+        assert len(customers) == 3 + 1  # a, b, one of c/d/e, and __other__
+        assert {"a", "b", "__other__"} < customers
+        leader_of(group).stop(signal.SIGKILL)
+        survivors = [r for r in group if r.alive()]
+        leader_of(survivors)
+        batch(["f", "a"], 100)  # a new value: __other__; an admitted one: itself
+        after = wait_for(lambda: agreed(survivors, base + 232), timeout=60, interval=0.2)
+    finally:
+        stop.set()
+        scraper.join(timeout=20)
+    credits = {
+        dict(labels[1:])["value"]: value
+        for labels, value in after["attributed"].items()
+        if labels[0].startswith("copyai_workflow_run_credits")
+    }
+    third = (customers - {"a", "b", "__other__"}).pop()
+    assert credits == {"a": 101.0, "b": 1.0, third: 10.0, "__other__": 120.0}
+    (late,) = replicas(config, 1)  # catches up from Redis: the same values, nothing twice
+    wait_for(lambda: insight(late) == after, timeout=30, interval=0.2)

@@ -201,15 +201,26 @@ class CopyaiClient:
 
     # --- endpoints -------------------------------------------------------------------
 
-    def get_run(self, workflow_id: str, run_id: str) -> Run:
+    def get_run(self, workflow_id: str, run_id: str, attributes: tuple[str, ...] = ()) -> Run:
+        """One run, with the values of the attribution keys `attributes`."""
         path = f"/workflow/{quote(workflow_id, safe='')}/run/{quote(run_id, safe='')}"
         return self._call(
-            "get_run", path, None, lambda data: parse_run(data, expected_run_id=run_id)
+            "get_run",
+            path,
+            None,
+            lambda data: parse_run(data, expected_run_id=run_id, attributes=attributes),
         )
 
-    def list_runs(self, workflow_id: str, page: int = 1, size: int = 100) -> RunPage:
+    def list_runs(
+        self, workflow_id: str, page: int = 1, size: int = 100, attributes: tuple[str, ...] = ()
+    ) -> RunPage:
         path = f"/workflow/{quote(workflow_id, safe='')}/run"
-        return self._call("list_runs", path, {"size": str(size), "page": str(page)}, parse_run_page)
+        return self._call(
+            "list_runs",
+            path,
+            {"size": str(size), "page": str(page)},
+            lambda data: parse_run_page(data, attributes=attributes),
+        )
 
     def list_webhooks(self, page: int = 0, size: int = 100) -> tuple[int, list[Webhook]]:
         """One page of webhook registrations (pages start at 0 here, unlike runs)."""

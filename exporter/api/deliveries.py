@@ -8,7 +8,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.api.records import ID_PATTERN, PayloadError, RunStatus, parse_credits, parse_timestamp
+from exporter.api.records import (
+    ID_PATTERN,
+    Attributes,
+    PayloadError,
+    RunStatus,
+    attribute_values,
+    parse_credits,
+    parse_timestamp,
+)
 from exporter.config import WEBHOOK_EVENT_TYPES
 
 STARTED, COMPLETED, FAILED, CREDIT_LIMIT = WEBHOOK_EVENT_TYPES
@@ -28,10 +36,18 @@ class WebhookEvent:
     status: RunStatus | None = None
     credits: float | None = None
     created_at: float | None = None
+    attributes: Attributes | None = None  # the attribution keys' values it carries
+
+    @property
+    def started(self) -> bool:
+        """A workflowRun.started delivery: the run is running now (its exact start)."""
+        return self.event_type == STARTED
 
 
-def parse_event(body: bytes) -> WebhookEvent:
-    """A delivery body → WebhookEvent; WebhookError (with a reason) for anything else."""
+def parse_event(body: bytes, attributes: tuple[str, ...] = ()) -> WebhookEvent:
+    """A delivery body → WebhookEvent, with the values of the attribution keys
+    `attributes` it carries (the documented payloads have `metadata`, not `input`);
+    WebhookError (with a reason) for anything else."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
@@ -63,7 +79,8 @@ def parse_event(body: bytes) -> WebhookEvent:
     else:  # started: the status if the sender included the run record, else unknown yet
         reported = RunStatus.parse(payload.get("status"))
         status = reported if "status" in payload and not reported.terminal else None
-    return WebhookEvent(event_type, workflow_id, run_id, status, credits, created_at)
+    values = attribute_values(payload, attributes) if attributes else None
+    return WebhookEvent(event_type, workflow_id, run_id, status, credits, created_at, values)
 
 
 def _token(value: object, name: str) -> str | None:

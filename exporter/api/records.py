@@ -64,15 +64,20 @@ class PayloadError(ValueError):
     """The API answered with JSON we cannot use (wrong shape or types)."""
 
 
+Attributes = tuple[tuple[str, str], ...]  # (key, value) pairs, see attribute_values
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
-    """What the exporter keeps of one run: no input or output, they can be large."""
+    """What the exporter keeps of one run: no input or output, they can be large (only
+    the values of the configured attribution keys, already bounded)."""
 
     run_id: str
     status: RunStatus
     created_at: float | None  # Unix seconds
     credits: float | None
     raw_status: str | None = None  # as the API spelled it, for logging UNKNOWN ones
+    attributes: Attributes | None = None
 
     @property
     def terminal(self) -> bool:
@@ -132,8 +137,59 @@ def parse_timestamp(value: object) -> float | None:
         raise PayloadError("createdAt is out of range") from None
 
 
-def parse_run(record: object, expected_run_id: str | None = None) -> Run:
-    """Turn the `data` object of a run (or a list item) into a `Run`."""
+NONE_VALUE = "__none__"  # the attribute's value is missing, null, empty or not a scalar
+MAX_VALUE_LENGTH = 64  # an attribute value is cut to this many characters
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def attribute_value(value: object) -> str:
+    """A scalar of a run's metadata or input as a label value: strings as they are,
+    numbers and booleans as JSON spells them, cut to MAX_VALUE_LENGTH characters;
+    control characters and lone surrogates (unencodable) become U+FFFD. Anything else
+    (missing, null, "", an object or a list) is NONE_VALUE."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python converts
+            return NONE_VALUE
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return NONE_VALUE
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return NONE_VALUE
+    text = _UNPRINTABLE.sub("\ufffd", text[:MAX_VALUE_LENGTH])
+    return text or NONE_VALUE
+
+
+def attribute_values(record: Mapping[str, Any], keys: tuple[str, ...]) -> Attributes | None:
+    """The value of each attribution key (`metadata.customer`, `input.team`: a dotted
+    path into the record's metadata or input object) that this record can tell: a key
+    whose object is absent from the record is left out (a webhook delivery carries no
+    `input`, a list item may carry neither), so a later look can still bring it; one
+    whose object is there but holds no scalar at the path is NONE_VALUE. None when no
+    key can be told (or none is configured)."""
+    pairs = []
+    for key in keys:
+        root, _, path = key.partition(".")
+        if root not in record:
+            continue
+        node: object = record[root]
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        pairs.append((key, attribute_value(node)))
+    return tuple(pairs) if pairs else None
+
+
+def parse_run(
+    record: object, expected_run_id: str | None = None, attributes: tuple[str, ...] = ()
+) -> Run:
+    """Turn the `data` object of a run (or a list item) into a `Run`, with the values
+    of the attribution keys `attributes` (see attribute_values)."""
     if not isinstance(record, Mapping):
         raise PayloadError("run record is not an object")
     run_id = record.get("id", record.get("workflowRunId", expected_run_id))
@@ -150,6 +206,7 @@ def parse_run(record: object, expected_run_id: str | None = None) -> Run:
         created_at=parse_timestamp(record.get("createdAt")),
         credits=parse_credits(record.get("credits")),
         raw_status=raw_status,
+        attributes=attribute_values(record, attributes) if attributes else None,
     )
 
 
@@ -188,7 +245,7 @@ class RunPage:
     invalid_items: int
 
 
-def parse_run_page(data: object) -> RunPage:
+def parse_run_page(data: object, attributes: tuple[str, ...] = ()) -> RunPage:
     if not isinstance(data, Mapping):
         raise PayloadError("run list data is not an object")
     total = data.get("total")
@@ -203,7 +260,7 @@ def parse_run_page(data: object) -> RunPage:
     invalid = 0
     for item in items:
         try:
-            runs.append(parse_run(item))
+            runs.append(parse_run(item, attributes=attributes))
         except PayloadError:
             invalid += 1
     return RunPage(total=total, runs=tuple(runs), invalid_items=invalid)

@@ -323,10 +323,11 @@ class Choice(Check):
 
 @dataclasses.dataclass(frozen=True)
 class Buckets(Check):
-    """A non-empty, strictly increasing list of seconds."""
+    """A non-empty, strictly increasing list of seconds (or of another `unit`)."""
 
     low: float = 0.001
     high: float = 31_536_000
+    unit: str = "seconds"
 
     def read(self, v, m, path, default):
         node = m.get(path.rsplit(".", 1)[-1])
@@ -342,7 +343,8 @@ class Buckets(Check):
                 return default
             if not finite_between(item, self.low, self.high):
                 v.problem(
-                    f"{path}[{i}]", f"must be between {self.low:g} and {self.high:.0f} seconds"
+                    f"{path}[{i}]",
+                    f"must be between {self.low:g} and {self.high:.0f} {self.unit}",
                 )
                 return default
             values.append(float(item))

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from exporter.config.checks import ConfigError, Validator, load_yaml, read_options, type_name
+from exporter.config.costs import read_attribution, read_budgets
 from exporter.config.model import (
     API_KEY_ENV,
     WEBHOOK_EVENT_TYPES,
@@ -82,7 +83,11 @@ def build_config(
     base_dir: Path | None = None,
 ) -> Config:
     v = Validator()
-    root = v.mapping(document, "", {"api", "collector", "workflows", "state", "webhooks"})
+    root = v.mapping(
+        document,
+        "",
+        {"api", "collector", "workflows", "state", "webhooks", "budgets", "attribution"},
+    )
     base = base_dir or Path.cwd()
     api = _api(v, root.get("api"), env or {}, require_key, base)
     collector = CollectorConfig(
@@ -91,9 +96,19 @@ def build_config(
     workflows = _workflows(v, root.get("workflows"))
     state = _state(v, root.get("state"), base)
     webhooks = _webhooks(v, root.get("webhooks"), env or {}, base)
+    budgets = read_budgets(v, root.get("budgets"), workflows)
+    attribution = read_attribution(v, root.get("attribution"))
     if v.problems:
         raise ConfigError(v.problems, source)
-    return Config(api=api, collector=collector, workflows=workflows, state=state, webhooks=webhooks)
+    return Config(
+        api=api,
+        collector=collector,
+        workflows=workflows,
+        state=state,
+        webhooks=webhooks,
+        budgets=budgets,
+        attribution=attribution,
+    )
 
 
 def _api(

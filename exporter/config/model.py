@@ -21,6 +21,10 @@ DEFAULT_BASE_URL = "https://api.copy.ai/api"
 API_KEY_ENV = "COPYAI_API_KEY"
 WEBHOOK_TOKEN_ENV = "COPYAI_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
 DEFAULT_DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+DEFAULT_QUEUE_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+DEFAULT_CREDITS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+BUDGET_PERIODS = ("day", "week", "month")
+BUDGET_NAME = r"[A-Za-z0-9_-]{1,64}"
 WEBHOOK_EVENT_TYPES = (
     "workflowRun.started",
     "workflowRun.completed",
@@ -71,6 +75,11 @@ class CollectorConfig:
     sparse_status: bool = option(False, Boolean())
     up_check_interval_seconds: float = option(60.0, Number(0, 86_400))  # 0 = never probe
     duration_buckets_seconds: tuple[float, ...] = option(DEFAULT_DURATION_BUCKETS, Buckets())
+    queue_buckets_seconds: tuple[float, ...] = option(DEFAULT_QUEUE_BUCKETS, Buckets())
+    processing_buckets_seconds: tuple[float, ...] = option(DEFAULT_DURATION_BUCKETS, Buckets())
+    credits_buckets: tuple[float, ...] = option(
+        DEFAULT_CREDITS_BUCKETS, Buckets(high=1e12, unit="credits")
+    )
 
 
 @dataclass(frozen=True)
@@ -148,12 +157,33 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """A credit budget over some workflows for each calendar period (UTC)."""
+
+    name: str  # read by the loader (BUDGET_NAME, unique)
+    credits: float  # read by the loader (required, > 0)
+    period: str = option("month", Choice(BUDGET_PERIODS))  # day | week (from Monday) | month
+    workflows: tuple[str, ...] = ()  # read by the loader: configured ids ("*": all of them)
+    every_workflow: bool = False  # workflows was "*"
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Credits and finished runs by the values of a few fields of each run."""
+
+    keys: tuple[str, ...] = ()  # read by the loader: metadata.<path> or input.<path>
+    max_values_per_key: int = option(20, Integer(1, 1000))  # per workflow; later: __other__
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig
     collector: CollectorConfig
     workflows: tuple[WorkflowConfig, ...]
     state: StateConfig = StateConfig()
     webhooks: WebhookConfig | None = None
+    budgets: tuple[BudgetConfig, ...] = ()
+    attribution: AttributionConfig = AttributionConfig()  # off: no keys
 
     def run_keys(self) -> list[tuple[str, str]]:
         """(workflow_id, run_id) of every configured run, in config order."""

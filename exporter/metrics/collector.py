@@ -12,6 +12,8 @@ Output for one workflow::
     copyai_workflow_runs_finished_total{workflow_id="WCFG-1"} 12.0
     copyai_workflow_run_duration_seconds_bucket{workflow_id="WCFG-1",le="60.0"} 9.0
     copyai_workflow_last_success_timestamp_seconds{workflow_id="WCFG-1"} 1.7e+09
+    copyai_workflow_run_credits_by_attribute_total{workflow_id="WCFG-1",...,value="acme"} 42.0
+    copyai_credit_budget_used_credits{budget="marketing"} 1234.0
     copyai_up 1.0
 """
 
@@ -32,9 +34,10 @@ from prometheus_client.utils import floatToGoString
 from exporter.config import Config
 from exporter.metrics.exposition import CACHE_NOTE
 from exporter.tracking.book import HistoryBook
+from exporter.tracking.budgets import period_bounds
 from exporter.tracking.history import WorkflowSnapshot
 from exporter.tracking.runs import RunStore
-from exporter.tracking.values import WORKFLOW_VALUES, Count, Distribution
+from exporter.tracking.values import COUNTED, WORKFLOW_VALUES, Count, Distribution
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class View:
     health: HealthView
     scrape_duration: float
     book: HistoryBook
+    now: float = 0.0  # wall time of the scrape (the budgets' current periods)
     state_up: int = 1
     leader: int = 1
     backlog: int = 0  # refresh work due but not started
@@ -120,6 +124,8 @@ class CopyaiCollector(Collector):
         ]
         workflow_families = _WorkflowFamilies()
         families.extend(workflow_families.all())
+        budgets = _BudgetFamilies()
+        families.extend(budgets.all())
         if view is None:
             return families
 
@@ -142,6 +148,7 @@ class CopyaiCollector(Collector):
                 per_workflow.add_metric([workflow_id, s.value], float(n))
             workflow_families.add(snap)
         workflow_families.add_workspace(view.book.workspace_credit_limit())
+        budgets.add(view)
         backlog.add_metric([], float(view.backlog))
         if view.budget_used is not None:
             budget.add_metric([], view.budget_used)
@@ -168,6 +175,23 @@ class _WorkflowFamilies:
             else:
                 family = GaugeMetricFamily(value.metric, value.help, labels=label)
             self.families[value.name] = family
+        by_attribute = [*label, "attribute", "value"]
+        self.credits_by_attribute = CounterMetricFamily(
+            "copyai_workflow_run_credits_by_attribute",
+            "Credits of the workflow's finished runs by the value of each attribution key "
+            "(attribution.keys: a field of the run's metadata or input). The first "
+            "attribution.max_values_per_key values of a key are kept, first come first kept; "
+            "later ones count as __other__, a missing or non-scalar value as __none__; "
+            f"values are cut to 64 characters. {COUNTED}",
+            labels=by_attribute,
+        )
+        self.finished_by_attribute = CounterMetricFamily(
+            "copyai_workflow_runs_finished_by_attribute",
+            "Runs of the workflow seen reaching COMPLETE or FAILED, by the value of each "
+            "attribution key (values kept as in copyai_workflow_run_credits_by_attribute_total). "
+            f"{COUNTED}",
+            labels=[*by_attribute, "status"],
+        )
         self.state_up = GaugeMetricFamily(
             "copyai_state_backend_up",
             "1 if the last read or write of the state store (SQLite file or Redis) "
@@ -180,7 +204,13 @@ class _WorkflowFamilies:
         )
 
     def all(self) -> list[Metric]:
-        return [*self.families.values(), self.state_up, self.leader]
+        return [
+            *self.families.values(),
+            self.credits_by_attribute,
+            self.finished_by_attribute,
+            self.state_up,
+            self.leader,
+        ]
 
     def add(self, snap: WorkflowSnapshot) -> None:
         labels = [snap.workflow_id]
@@ -196,6 +226,11 @@ class _WorkflowFamilies:
             number = snap.values[value.name]
             if number is not None:  # a Time or Derived value is absent until there is one
                 family.add_metric(labels, number)  # type: ignore[attr-defined]
+        for row in snap.attributes:
+            these = [snap.workflow_id, row.attribute, row.value]
+            self.credits_by_attribute.add_metric(these, row.credits)
+            self.finished_by_attribute.add_metric([*these, "COMPLETE"], row.complete)
+            self.finished_by_attribute.add_metric([*these, "FAILED"], row.failed)
 
     def add_workspace(self, limit: tuple[int, float | None]) -> None:
         """workflowCreditLimit.reached events that name no workflow: workflow_id=""."""
@@ -204,3 +239,55 @@ class _WorkflowFamilies:
             self.families["credit_limit_count"].add_metric([""], count)  # type: ignore[attr-defined]
         if at is not None:
             self.families["credit_limit_at"].add_metric([""], at)  # type: ignore[attr-defined]
+
+
+class _BudgetFamilies:
+    """Each configured credit budget in its current period (UTC calendar), from the
+    credits by day of its workflows' histories, worked out at this scrape's time."""
+
+    def __init__(self) -> None:
+        label = ["budget"]
+        self.limit = GaugeMetricFamily(
+            "copyai_credit_budget_credits",
+            "The credit budget's limit for each period (budgets[].credits).",
+            labels=label,
+        )
+        self.used = GaugeMetricFamily(
+            "copyai_credit_budget_used_credits",
+            "Credits of the runs of the budget's workflows that finished within the current "
+            "period, each run once: runs the exporter saw finish, by when it saw the end (a "
+            "webhook's time, or the look that first saw it: late by up to "
+            "refresh_interval_seconds), and runs that existed before the workflow was "
+            "watched and that discovery lists, by their createdAt (the API gives no end "
+            "time). It starts again from 0 at the start of each period.",
+            labels=label,
+        )
+        self.start = GaugeMetricFamily(
+            "copyai_credit_budget_period_start_timestamp_seconds",
+            "Start of the budget's current period (midnight UTC of the day, of Monday for "
+            "week, of the 1st for month).",
+            labels=label,
+        )
+        self.end = GaugeMetricFamily(
+            "copyai_credit_budget_period_end_timestamp_seconds",
+            "End of the budget's current period (the next one's start); end minus time() is "
+            "the time left.",
+            labels=label,
+        )
+
+    def all(self) -> list[Metric]:
+        return [self.limit, self.used, self.start, self.end]
+
+    def add(self, view: View) -> None:
+        for budget in view.config.budgets:
+            start, end = period_bounds(budget.period, view.now)
+            used = 0.0
+            for workflow_id in budget.workflows:
+                history = view.book.get(workflow_id)
+                if history is not None:
+                    used += history.credits_between(start, end)
+            labels = [budget.name]
+            self.limit.add_metric(labels, budget.credits)
+            self.used.add_metric(labels, used)
+            self.start.add_metric(labels, start)
+            self.end.add_metric(labels, end)

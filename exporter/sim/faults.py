@@ -115,6 +115,9 @@ class Faults:
     webhook_delay_seconds: float = 0.0  # deliveries leave this late
     webhook_duplicate: bool = False  # every delivery is made twice
     webhook_reorder: bool = False  # a run's `started` is delivered after its end
+    # a run started through the API announces `started` when it first runs (PROCESSING or
+    # RETRYING), not at once when it is created
+    webhook_started_when_running: bool = False
     # run deliveries: "mixed" (by run), "documented" (no createdAt, no status) or "record"
     webhook_shape: str = "mixed"
 

@@ -24,6 +24,7 @@ DEFAULT_API_KEY = "demo-key"
 
 
 TERMINAL = ("COMPLETE", "FAILED")
+RUNNING = ("PROCESSING", "RETRYING")
 
 
 MAX_ARRIVALS = 10_000
@@ -57,6 +58,7 @@ class SimRun:
     millis: bool = True
     omit_status: bool = False
     metadata: Any = field(default_factory=lambda: {"api": True})
+    input: Any = field(default_factory=lambda: {"Input 1": "simulated"})  # "absent": none
 
     def status_at(self, now: float) -> str:
         elapsed = now - self.created_at
@@ -88,11 +90,9 @@ class SimRun:
             stamp = created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
         else:
             stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
-        record: dict[str, Any] = {
-            "id": self.run_id,
-            "createdAt": stamp,
-            "input": {"Input 1": "simulated"},
-        }
+        record: dict[str, Any] = {"id": self.run_id, "createdAt": stamp}
+        if self.input != "absent":
+            record["input"] = self.input
         if not self.omit_status:
             record["status"] = self.status_at(now)
         if self.metadata != "absent":
@@ -130,6 +130,7 @@ class World:
         self.run_stats: Counter[str] = Counter()
         self.webhooks: dict[str, dict[str, Any]] = {}  # id -> registration
         self._pending: dict[str, SimRun] = {}  # runs whose end is not yet announced
+        self._unstarted: dict[str, SimRun] = {}  # runs whose start is announced once running
         self._outbox: list[tuple[str, SimRun | None, str | None]] = []  # (type, run, wf)
         self._held_started: dict[str, dict[str, Any]] = {}  # webhook_reorder: run id -> payload
         self.canned: dict[tuple[str, str], tuple[int, bytes, str]] = {}  # (method, path)
@@ -157,8 +158,12 @@ class World:
         *,
         age_seconds: float = 0.0,
         run_id: str | None = None,
+        announce_start: bool = False,
         **details: Any,
     ) -> SimRun:
+        """A run that moves through `steps` from its createdAt (now - `age_seconds`).
+        Its end is announced by webhook; with `announce_start`, so is its start
+        (`workflowRun.started`, when it first runs)."""
         if workflow_id not in self.workflows:
             self.add_workflow(workflow_id, workflow_id)
         run = SimRun(
@@ -172,6 +177,8 @@ class World:
             self.runs[workflow_id][run.run_id] = run
             if not run.terminal_at(self.clock()):
                 self._pending[run.run_id] = run
+                if announce_start:
+                    self._unstarted[run.run_id] = run
         return run
 
     def start_run(self, workflow_id: str, fail: bool | None = None) -> SimRun:
@@ -194,7 +201,11 @@ class World:
             millis=rng.random() < 0.5,
         )
         with self.lock:
-            self._outbox.append(("workflowRun.started", run, workflow_id))
+            if self.faults.webhook_started_when_running:
+                if run.run_id in self._pending:
+                    self._unstarted[run.run_id] = run
+            else:
+                self._outbox.append(("workflowRun.started", run, workflow_id))
         return run
 
     def credit_limit_reached(self, workflow_id: str | None) -> None:
@@ -214,6 +225,13 @@ class World:
                     due += 60.0 / rate
                 self._spawn_due[workflow_id] = due
         with self.lock:
+            for run in list(self._unstarted.values()):
+                status = run.status_at(now)
+                if status in RUNNING or status in TERMINAL:
+                    del self._unstarted[run.run_id]
+                    if status in RUNNING or any(step in RUNNING for step, _ in run.steps):
+                        # (one that ran and ended between two ticks: started, then ended)
+                        self._outbox.append(("workflowRun.started", run, run.workflow_id))
             ended = [r for r in self._pending.values() if r.terminal_at(now)]
             for run in ended:
                 del self._pending[run.run_id]

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from exporter.config import Config, DiscoveryConfig
+from exporter.config import AttributionConfig, Config, DiscoveryConfig
 from exporter.tracking.history import WorkflowHistory
 from exporter.tracking.persistence import Loaded, StateError, StateStore
 from exporter.tracking.values import DISTRIBUTIONS
@@ -40,6 +40,7 @@ class HistoryBook:
         self._writer_lock = writer_lock or threading.RLock()
         self._buckets: dict[str, tuple[float, ...]] = {}  # per Distribution of values.py
         self._discovery: dict[str, DiscoveryConfig] = {}
+        self._attribution = AttributionConfig()  # the same for every workflow
         self.backend_up = 1
         self._adopted: set[str] = set()  # unconfigured workflows tracked from webhooks
         self._pending_deletes: list[str] = []  # workflows no longer configured
@@ -55,6 +56,7 @@ class HistoryBook:
         now = self._wall_clock()
         self._buckets = buckets
         self._discovery = {w.id: w.discovery for w in config.workflows}
+        attribution = self._attribution = config.attribution
         with self._lock:
             current = self._histories
             updated: dict[str, WorkflowHistory] = {}
@@ -63,7 +65,12 @@ class HistoryBook:
                 if history is None and workflow.id in self._loaded:
                     meta, runs = self._loaded.pop(workflow.id)
                     history = WorkflowHistory.restore(
-                        workflow.id, meta, runs, buckets, workflow.discovery
+                        workflow.id,
+                        meta,
+                        runs,
+                        buckets,
+                        workflow.discovery,
+                        attribution=attribution,
                     )
                     log.info(
                         "restored history workflow_id=%s runs=%d watched_since=%s",
@@ -72,15 +79,19 @@ class HistoryBook:
                         int(history.watch_start),
                     )
                 elif history is None:
-                    history = WorkflowHistory(workflow.id, now, buckets, workflow.discovery)
+                    history = WorkflowHistory(
+                        workflow.id, now, buckets, workflow.discovery, attribution
+                    )
                 else:
                     history.discovery_config = workflow.discovery
                     history.rebucket(buckets)
+                    history.reconfigure_attribution(attribution)
                 history.discovering = workflow.discover
                 history.set_pinned(workflow.runs, drop_unpinned=not workflow.discover)
                 updated[workflow.id] = history
             for workflow_id in self._adopted - set(updated):
                 if workflow_id in current:
+                    current[workflow_id].reconfigure_attribution(attribution)
                     updated[workflow_id] = current[workflow_id]
             self._adopted &= set(updated)
             removed = [wid for wid in current if wid not in updated]
@@ -103,7 +114,7 @@ class HistoryBook:
                 return False
             self._adopted.add(workflow_id)
             self._histories[workflow_id] = WorkflowHistory(
-                workflow_id, self._wall_clock(), self._buckets
+                workflow_id, self._wall_clock(), self._buckets, None, self._attribution
             )
         log.info("tracking unconfigured workflow from webhooks workflow_id=%s", workflow_id)
         return True
@@ -136,7 +147,12 @@ class HistoryBook:
                 if meta is None or workflow_id not in self._discovery:
                     return  # not ours to follow, or the meta arrives with a full load
                 history = WorkflowHistory.restore(
-                    workflow_id, meta, runs, self._buckets, self._discovery[workflow_id]
+                    workflow_id,
+                    meta,
+                    runs,
+                    self._buckets,
+                    self._discovery[workflow_id],
+                    attribution=self._attribution,
                 )
                 self._histories[workflow_id] = history
                 return
@@ -154,6 +170,7 @@ class HistoryBook:
                         runs,
                         self._buckets,
                         self._discovery.get(workflow_id),
+                        attribution=self._attribution,
                     )
 
     def workspace_credit_limit_reached(self, when: float) -> None:

@@ -288,13 +288,18 @@ class DiscoveryCycle:
         return results
 
     def _apply(self, page: RunPage) -> _PageFacts:
+        attributing = bool(self.history.attribution.keys)
         new_runs = 0
         oldest = math.inf
         newest = -math.inf
         for run in page.runs:
             known = self.history.known(run.run_id)
             if self.observe(run):
-                if run.raw_status is not None:  # without a status it still needs a fetch
+                # without a status it still needs a fetch; with attribution, so does a
+                # counted end whose listing lacked the metadata or input it reads
+                if run.raw_status is not None and not (
+                    attributing and self.history.awaiting_fetch(run.run_id)
+                ):
                     self.result.seen.add(run.run_id)
                 if not known:
                     new_runs += 1

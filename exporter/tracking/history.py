@@ -1,5 +1,6 @@
 """Workflow history: every run the exporter has seen for a workflow, and the counters,
-duration histogram and timestamps derived from what it saw happen.
+histograms (duration, queue wait, processing, credits), timestamps, credits by day (for
+budgets) and by attribute derived from what it saw happen.
 
 The rule that keeps counters honest across restarts: a workflow is watched from a
 moment (`watch_start`, persisted). A run created before it is *baseline*: it is
@@ -24,8 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from exporter.api.records import ALL_STATUSES, RunStatus
-from exporter.config import DiscoveryConfig
+from exporter.api.records import ALL_STATUSES, Attributes, RunStatus
+from exporter.config import AttributionConfig, CollectorConfig, DiscoveryConfig
+from exporter.tracking.attribution import AttributeRow, Attribution
+from exporter.tracking.budgets import DailyCredits
 from exporter.tracking.runs import MAX_SILENT_BACKOFF, silent_backoff
 from exporter.tracking.values import (
     COUNTS,
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 BASELINE, WATCHED = "baseline", "watched"
+RUNNING = frozenset({RunStatus.PROCESSING, RunStatus.RETRYING})
+QUEUED = frozenset({RunStatus.NEW, RunStatus.WAITING})
 
 # why a run is no longer tracked (DroppedRun.reason)
 OUTSIDE_WINDOW = "window"  # finished and created before discovery.window_seconds
@@ -71,6 +76,13 @@ class TrackedRun:
     last_fetch: float = 0.0  # wall time of the last fetch of this run alone (0: never)
     silent_fetches: int = 0  # fetches in a row that brought no usable status or createdAt
     silent_warned: bool = False  # "answers without a usable status" was logged
+    started_at: float | None = None  # first known running (started delivery or a look)
+    # the attribution keys' values (None: none known), kept only until its end and
+    # credits are counted
+    attributes: dict[str, str] | None = None
+    # its end was counted, but no look carried the metadata or input some attribution
+    # key reads (a list item or a delivery without them): attributed after a fetch
+    attribution_pending: bool = False
 
     @property
     def active(self) -> bool:
@@ -131,6 +143,7 @@ class WorkflowSnapshot:
     status_counts: dict[RunStatus, int]
     active_runs: list[TrackedRun] = field(default_factory=list)  # oldest first, capped
     tracked: int = 0
+    attributes: list[AttributeRow] = field(default_factory=list)  # in the order admitted
 
 
 class WorkflowHistory:
@@ -140,8 +153,10 @@ class WorkflowHistory:
         watch_start: float,
         buckets: Mapping[str, Iterable[float]],
         discovery: DiscoveryConfig | None = None,
+        attribution: AttributionConfig | None = None,
     ):
-        """`buckets`: the bucket bounds of each Distribution of values.py, by name."""
+        """`buckets`: the bucket bounds of each Distribution of values.py, by name (the
+        config's defaults for any not given)."""
         self.workflow_id = workflow_id
         self.lock = threading.RLock()
         self.watch_start = watch_start
@@ -149,7 +164,14 @@ class WorkflowHistory:
         # counters (0) and times of the latest event (None until one), by name
         self.values: dict[str, float | None] = {c.name: 0 for c in COUNTS}
         self.values.update({t.name: None for t in TIMES})
-        self.histograms = {d.name: Histogram(tuple(buckets[d.name])) for d in DISTRIBUTIONS}
+        defaults = CollectorConfig()
+        self.histograms = {
+            d.name: Histogram(tuple(buckets.get(d.name, getattr(defaults, d.buckets_option))))
+            for d in DISTRIBUTIONS
+        }
+        self.daily_credits = DailyCredits()  # for budgets: by the day runs ended
+        attribution = attribution or AttributionConfig()
+        self.attribution = Attribution(attribution.keys, attribution.max_values_per_key)
         self.forget_horizon = -math.inf  # runs this old or older were dropped by the cap
         self.discovery = DiscoveryState()
         self.discovering = False  # discover: true (set by the book)
@@ -176,6 +198,8 @@ class WorkflowHistory:
         pinned: bool = False,
         reported: bool = True,
         fetched: bool = False,
+        started: bool = False,
+        attributes: Attributes | None = None,
     ) -> bool:
         """Apply what one look at a run showed. Returns False if the run is ignored
         (older than the window, or dropped by the cap before).
@@ -185,7 +209,10 @@ class WorkflowHistory:
         as UNKNOWN only while no status is known, and never replaces one. A run's end
         is final: once COMPLETE or FAILED is known, no later status or partial credits
         change it. `fetched` marks an answer to a fetch of this run (for the slower
-        pace of runs whose answers bring no usable status).
+        pace of runs whose answers bring no usable status). `started` marks a
+        workflowRun.started delivery: the run is running from `when` on. `attributes`
+        are the attribution keys' values the look carried; they are merged into what
+        is known of the run until its end is counted.
         """
         with self.lock:
             run = self.runs.get(run_id)
@@ -213,11 +240,18 @@ class WorkflowHistory:
                 run.created_at = created_at
                 self._undated.discard(run_id)
                 self._latest("last_created", created_at)
+            if (
+                attributes is not None
+                and self.attribution.keys
+                and (not run.terminal_done or run.attribution_pending)
+            ):
+                known = run.attributes
+                run.attributes = {**known, **dict(attributes)} if known else dict(attributes)
             if credits is not None and self._takes_credits(run, status, reported):
                 run.credits = credits
                 if run.credits_pending:
                     run.credits_pending = False
-                    self._add_credits(credits)
+                    self._spend(run)
             if status is not None:
                 if reported:
                     self._apply_status(run, status, when)
@@ -225,6 +259,8 @@ class WorkflowHistory:
                     last_seen = run.last_seen
                     self._apply_status(run, RunStatus.UNKNOWN, when)
                     run.last_seen = last_seen  # no look at its status: still due for one
+            if started and run.started_at is None and not self._ended(run):
+                self._started(run, when)
             if fetched:
                 self._note_fetched(run, when, status if reported else None)
             if run.origin is None and run.created_at is not None:
@@ -232,6 +268,8 @@ class WorkflowHistory:
             if run.duration_pending and run.created_at is not None:
                 run.duration_pending = False
                 self._observe_duration(run)
+            if run.attribution_pending and (fetched or self._attributes_known(run)):
+                self._attribute(run)  # a fetch tells all: what it lacks, the run lacks
             return True
 
     @staticmethod
@@ -287,6 +325,8 @@ class WorkflowHistory:
             run.seen_active = True
         else:
             self._active.discard(run.run_id)
+        if status in RUNNING and previous not in RUNNING and run.started_at is None:
+            self._started(run, when)  # the first look that sees it running
         if status is RunStatus.RETRYING and previous is not status:
             if previous is not None or run.origin == WATCHED:
                 self._count("retried")  # seen entering RETRYING, or created so while watched
@@ -301,6 +341,16 @@ class WorkflowHistory:
             else:
                 run.terminal_pending = True  # decided once createdAt is known
 
+    @staticmethod
+    def _ended(run: TrackedRun) -> bool:
+        """Its end is known (counted, judged baseline, or waiting for createdAt)."""
+        return run.terminal_done or run.terminal_pending or bool(run.status and run.status.terminal)
+
+    def _started(self, run: TrackedRun, when: float) -> None:
+        run.started_at = when
+        if run.origin == WATCHED:
+            self._observe_queue(run)
+
     def _decide_origin(self, run: TrackedRun) -> None:
         assert run.created_at is not None
         run.origin = WATCHED if run.created_at >= self.watch_start else BASELINE
@@ -308,6 +358,10 @@ class WorkflowHistory:
             self._count("created")
             if run.retry_pending:
                 self._count("retried")  # created while watched, first seen retrying
+            if run.started_at is not None:
+                self._observe_queue(run)
+                if run.terminal_done:  # its end was counted before createdAt was known
+                    self._observe_processing(run)
         run.retry_pending = False
         if run.terminal_pending:
             run.terminal_pending = False
@@ -325,25 +379,94 @@ class WorkflowHistory:
             self._latest("last_failure", at)
         else:
             self._latest("last_success", at)
+        run.attribution_pending = bool(self.attribution.keys)
         if run.credits is not None:
-            self._add_credits(run.credits)
+            self._spend(run)
         else:
             run.credits_pending = True
+        if run.attribution_pending and self._attributes_known(run):
+            self._attribute(run)
         if run.created_at is not None:
             self._observe_duration(run)
         else:
             run.duration_pending = True
+        if run.origin == WATCHED and run.started_at is not None:
+            self._observe_processing(run)
 
     def _baseline_end(self, run: TrackedRun) -> None:
         """It ended before we watched (or we cannot tell): not an event, but the workflow
-        did succeed or fail at least as late as the run's creation."""
+        did succeed or fail at least as late as the run's creation, and its credits
+        count for budgets as spent on the day it was created (its end is not known)."""
         run.terminal_done = True
+        run.attributes = None  # not an event: attributed to nothing
         if run.created_at is None:
             return
         if run.status is RunStatus.FAILED:
             self._latest("last_failure", run.created_at)
         else:
             self._latest("last_success", run.created_at)
+        if run.credits is not None:
+            self._spend(run)
+        else:
+            run.credits_pending = True
+        self.meta_dirty = True
+
+    @staticmethod
+    def _end_counted(run: TrackedRun) -> bool:
+        """Whether its end was counted as an event (rather than judged baseline): the
+        rule _apply_status and _decide_origin both apply."""
+        return run.seen_active or run.origin == WATCHED
+
+    def _spend(self, run: TrackedRun) -> None:
+        """A run whose end is decided and whose credits are now known: once per run.
+        A counted end adds them to the credit counters, the credits histogram and the
+        attribution, by the day it ended; a baseline run only to the budgets' days, by
+        the day it was created."""
+        credits = run.credits
+        assert credits is not None
+        if self._end_counted(run):
+            self._count("credits", credits)
+            if run.status is RunStatus.FAILED:
+                self._count("failed_credits", credits)
+            self.histograms["credits_used"].observe(credits)
+            if self.attribution.keys and not run.attribution_pending:
+                self.attribution.add_credits(run.attributes, credits)
+            ended = run.terminal_at if run.terminal_at is not None else run.last_seen
+        else:
+            assert run.created_at is not None
+            ended = run.created_at
+        self.daily_credits.add(ended, credits)
+        if not run.attribution_pending:
+            run.attributes = None  # counted for good: nothing needs them any more
+        self.meta_dirty = True
+
+    def _attributes_known(self, run: TrackedRun) -> bool:
+        """Whether looks at the run carried every object (metadata, input) the
+        attribution keys read."""
+        known = run.attributes
+        return known is not None and all(key in known for key in self.attribution.keys)
+
+    def _attribute(self, run: TrackedRun) -> None:
+        """A counted end, attributed once: what is still unknown is NONE_VALUE, and its
+        credits if _spend counted them already (else _spend adds them when they come)."""
+        run.attribution_pending = False
+        if self.attribution.keys:
+            self.attribution.finished(run.attributes, run.status)
+            if not run.credits_pending and run.credits is not None:
+                self.attribution.add_credits(run.attributes, run.credits)
+        if not run.credits_pending:
+            run.attributes = None
+        self.meta_dirty = True
+
+    def _observe_queue(self, run: TrackedRun) -> None:
+        assert run.created_at is not None and run.started_at is not None
+        self.histograms["queue"].observe(max(0.0, run.started_at - run.created_at))
+        self.meta_dirty = True
+
+    def _observe_processing(self, run: TrackedRun) -> None:
+        assert run.started_at is not None
+        end = run.terminal_at if run.terminal_at is not None else run.last_seen
+        self.histograms["processing"].observe(max(0.0, end - run.started_at))
         self.meta_dirty = True
 
     def _observe_duration(self, run: TrackedRun) -> None:
@@ -357,9 +480,6 @@ class WorkflowHistory:
         """Add to one of the Counts of values.py."""
         self.values[name] += amount  # type: ignore[operator]
         self.meta_dirty = True
-
-    def _add_credits(self, credits: float) -> None:
-        self._count("credits", credits)
 
     def _latest(self, name: str, when: float) -> None:
         """One of the Times of values.py: it only moves forward."""
@@ -469,13 +589,25 @@ class WorkflowHistory:
             due.extend(
                 (run.run_id, run.last_fetch)
                 for run in runs.values()
-                if (run.created_at is None or run.status is None or run.status is RunStatus.UNKNOWN)
+                if (
+                    run.created_at is None
+                    or run.status is None
+                    or run.status is RunStatus.UNKNOWN
+                    or run.attribution_pending
+                )
                 and run.run_id not in exclude
                 and not run.active
                 # never fetched (known from a delivery or a listing without it): at once
                 and now - run.last_fetch >= interval * silent_backoff(run.silent_fetches)
             )
             return due
+
+    def awaiting_fetch(self, run_id: str) -> bool:
+        """Whether only a fetch of the run can bring what its attribution needs (a
+        listing that shows it, without its metadata or input, does not)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            return run is not None and run.attribution_pending
 
     def awaiting_created(self) -> bool:
         """Whether some run's createdAt is still unknown (known from a delivery that did
@@ -545,6 +677,37 @@ class WorkflowHistory:
             ]
             return min(times) if times else None  # type: ignore[type-var]
 
+    def _oldest_queued_and_running(self) -> tuple[float | None, float | None]:
+        """createdAt of the oldest queued run (NEW or WAITING, not known to have
+        started) and the start of the longest-running one (known running)."""
+        queued: float | None = None
+        running: float | None = None
+        runs = self.runs
+        for run_id in self._active:
+            run = runs[run_id]
+            started = run.started_at
+            if started is not None:
+                if running is None or started < running:
+                    running = started
+            elif (
+                run.status in QUEUED
+                and run.created_at is not None
+                and (queued is None or run.created_at < queued)
+            ):
+                queued = run.created_at
+        return queued, running
+
+    def credits_between(self, start: float, end: float) -> float:
+        """Credits of the runs that ended in [start, end) (day boundaries), for budgets:
+        counted ends by the day they were seen, baseline runs by the day created."""
+        with self.lock:
+            return self.daily_credits.between(start, end)
+
+    def reconfigure_attribution(self, config: AttributionConfig) -> None:
+        with self.lock:
+            if self.attribution.reconfigure(config.keys, config.max_values_per_key):
+                self.meta_dirty = True
+
     def snapshot(self, run_series_limit: int = 0) -> WorkflowSnapshot:
         with self.lock:
             active_runs: list[TrackedRun] = []
@@ -557,6 +720,9 @@ class WorkflowHistory:
                 ]
             values = dict(self.values)
             values["oldest_active_created"] = self.oldest_active_created()  # the Derived ones
+            queued, running = self._oldest_queued_and_running()
+            values["oldest_queued_created"] = queued
+            values["oldest_running_started"] = running
             values["oldest_look"] = self.oldest_look()
             return WorkflowSnapshot(
                 workflow_id=self.workflow_id,
@@ -568,6 +734,7 @@ class WorkflowHistory:
                 status_counts={s: self._status_counts.get(s, 0) for s in ALL_STATUSES},
                 active_runs=active_runs,
                 tracked=len(self.runs),
+                attributes=self.attribution.rows() if self.attribution.keys else [],
             )
 
     # --- persistence -----------------------------------------------------------------
@@ -583,6 +750,9 @@ class WorkflowHistory:
                 None if self.forget_horizon == -math.inf else self.forget_horizon
             )
             record["discovery"] = asdict(self.discovery)
+            record["daily_credits"] = self.daily_credits.record()
+            if self.attribution.keys:
+                record["attribution"] = self.attribution.record()
             return record
 
     def take_changes(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
@@ -631,10 +801,27 @@ class WorkflowHistory:
         runs: Iterable[dict[str, Any]],
         buckets: Mapping[str, Iterable[float]],
         discovery: DiscoveryConfig | None,
+        *,
+        attribution: AttributionConfig | None = None,
     ) -> WorkflowHistory:
-        history = cls(workflow_id, float(meta["watch_start"]), buckets, discovery)
+        history = cls(workflow_id, float(meta["watch_start"]), buckets, discovery, attribution)
         history.apply_remote(meta, runs, ())
+        if "daily_credits" not in meta:  # kept by an earlier version: rebuilt from the runs
+            with history.lock:
+                history._rebuild_daily_credits()
         return history
+
+    def _rebuild_daily_credits(self) -> None:
+        """Credits by day from the tracked runs whose credits were counted (state of a
+        version that kept no days): what budgets would have had for them."""
+        for run in self.runs.values():
+            if not run.terminal_done or run.credits is None or run.credits_pending:
+                continue
+            if self._end_counted(run):
+                ended = run.terminal_at if run.terminal_at is not None else run.last_seen
+                self.daily_credits.add(ended, run.credits)
+            elif run.created_at is not None:
+                self.daily_credits.add(run.created_at, run.credits)
 
     def apply_remote(
         self,
@@ -694,6 +881,8 @@ class WorkflowHistory:
         self.discovery = DiscoveryState(
             **{k: v for k, v in meta.get("discovery", {}).items() if k in known}
         )
+        self.daily_credits.load(meta.get("daily_credits", {}))
+        self.attribution.load(meta.get("attribution", {}))
 
     def note_fetch(self, run_id: str, ok: bool, error: str | None, when: float) -> None:
         """How the last fetch of a listed run went (shown as its fetch_success)."""

@@ -8,7 +8,10 @@ replicas of earlier versions already send, so a rolling upgrade can mix the two:
 
     {"v": 1, "t": "run", "wf": "WCFG-1", "run_id": "WRUN-1", "when": 1700000000.0,
      "status": "COMPLETE", "reported": true, "created_at": 1699999000.0, "credits": 2.0,
-     "pinned": true, "fetched": true}
+     "pinned": true, "fetched": true, "attrs": [["metadata.customer", "acme"]]}
+
+("attrs", the attribution keys' values, only when attribution is configured; a message
+without it reads as carrying none.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from exporter.api.deliveries import CREDIT_LIMIT, WebhookEvent
-from exporter.api.records import ID_PATTERN, Run, RunStatus
+from exporter.api.records import ID_PATTERN, MAX_VALUE_LENGTH, Attributes, Run, RunStatus
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.runs import RunStore
 
@@ -49,6 +52,7 @@ class RunSeen:
     credits: float | None
     pinned: bool  # a configured run
     fetched: bool
+    attributes: Attributes | None = None  # the attribution keys' values it carried
 
     @classmethod
     def of(cls, workflow_id: str, run: Run, when: float, *, pinned: bool, fetched: bool) -> RunSeen:
@@ -62,6 +66,7 @@ class RunSeen:
             run.credits,
             pinned,
             fetched,
+            run.attributes,
         )
 
 
@@ -132,6 +137,8 @@ def to_json(message: Observation) -> dict[str, Any]:
             pinned=message.pinned,
             fetched=message.fetched,
         )
+        if message.attributes is not None:
+            data["attrs"] = [list(pair) for pair in message.attributes]
     elif isinstance(message, FetchFailed):
         data["error"] = message.error
     return data
@@ -166,6 +173,7 @@ def from_json(data: object) -> Observation:
             _number(data.get("credits"), "credits"),
             bool(data.get("pinned")),
             bool(data.get("fetched", True)),
+            _attributes(data.get("attrs")),
         )
     if kind is FetchFailed:
         error = data.get("error")
@@ -187,6 +195,30 @@ def _number(value: object, name: str) -> float | None:
     return float(value)
 
 
+MAX_KEY_LENGTH = 200  # config.load refuses longer attribution keys
+MAX_PAIRS = 10  # and more of them
+
+
+def _attributes(value: object) -> Attributes | None:
+    """The attribution values of a message, as bounded as the ones a look extracts."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_PAIRS:
+        raise MessageError("attrs is not a short list")
+    pairs = []
+    for pair in value:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(part, str) for part in pair)
+            or len(pair[0]) > MAX_KEY_LENGTH
+            or len(pair[1]) > MAX_VALUE_LENGTH
+        ):
+            raise MessageError("attrs holds something other than [key, value] strings")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
 def _event(value: object) -> WebhookEvent:
     if not isinstance(value, Mapping) or not isinstance(value.get("event_type"), str):
         raise MessageError("event is not an object with an event_type")
@@ -199,6 +231,7 @@ def _event(value: object) -> WebhookEvent:
         status=RunStatus.parse(status) if status is not None else None,
         credits=_number(value.get("credits"), "credits"),
         created_at=_number(value.get("created_at"), "created_at"),
+        attributes=_attributes(value.get("attributes")),
     )
 
 
@@ -243,6 +276,7 @@ class Applier:
                 credits=message.credits,
                 pinned=message.pinned,
                 fetched=message.fetched,
+                attributes=message.attributes,
             )
             if message.pinned and message.fetched:
                 history.note_fetch(run_id, True, None, message.when)
@@ -285,6 +319,8 @@ class Applier:
             created_at=event.created_at,
             credits=event.credits,
             pinned=configured,
+            started=event.started,
+            attributes=event.attributes,
         )
         if configured and event.status is not None:
             run = Run(

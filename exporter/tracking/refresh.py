@@ -135,6 +135,7 @@ class Refresher:
         """`journal` keeps the recent API errors and listings for the status page."""
         self._journal = journal if journal is not None else Journal(wall_clock())
         self._config = config
+        self._attributes = config.attribution.keys  # the values each look extracts
         self._client = client
         self._store = store
         self._health = health
@@ -465,7 +466,7 @@ class Refresher:
         def task(batch: Batch) -> ApiError | None:
             when = self._wall_clock()
             try:
-                run = self._client.get_run(*key)
+                run = self._client.get_run(*key, attributes=self._attributes)
             except ApiError as exc:
                 error = exc.with_traceback(None)  # kept past the block: drop its frames
                 self._report_failure(key, error)
@@ -480,7 +481,7 @@ class Refresher:
         def task(batch: Batch) -> ApiError | None:
             when = self._wall_clock()
             try:
-                run = self._client.get_run(workflow_id, run_id)
+                run = self._client.get_run(workflow_id, run_id, attributes=self._attributes)
             except ApiError as exc:
                 error = exc.with_traceback(None)  # returned past the block: drop its frames
                 self._report_failure((_TRACKED, workflow_id, run_id), error)
@@ -574,7 +575,9 @@ class Refresher:
 
         def fetch(page: int) -> RunPage | ApiError:
             try:
-                answer: RunPage | ApiError = self._client.list_runs(workflow.id, page, size)
+                answer: RunPage | ApiError = self._client.list_runs(
+                    workflow.id, page, size, attributes=self._attributes
+                )
             except ApiError as exc:
                 answer = exc.with_traceback(None)  # kept past the block: drop its frames
             except Exception as exc:

@@ -91,6 +91,13 @@ WORKFLOW_VALUES: tuple[Count | Time | Derived | Distribution, ...] = (
         f"Credits of the workflow's runs that finished, each run counted once. {COUNTED}",
         integer=False,
     ),
+    Count(
+        "failed_credits",
+        "copyai_workflow_failed_run_credits",
+        "Credits of the workflow's runs that ended FAILED (credits spent for nothing), each "
+        f"run counted once. {COUNTED}",
+        integer=False,
+    ),
     Distribution(
         "duration",
         "copyai_workflow_run_duration_seconds",
@@ -99,6 +106,37 @@ WORKFLOW_VALUES: tuple[Count | Time | Derived | Distribution, ...] = (
         "webhooks durations are late by up to refresh_interval_seconds.",
         buckets_option="duration_buckets_seconds",
         keys=("buckets", "bucket_hits", "duration_sum"),
+    ),
+    Distribution(
+        "queue",
+        "copyai_workflow_run_queue_seconds",
+        "Time runs of the workflow waited before they started: createdAt to the first "
+        "moment the run was known running (PROCESSING or RETRYING), which is its "
+        "workflowRun.started delivery, or else the look that first saw it running, so "
+        "without that webhook a wait is long by up to the time between two looks "
+        "(refresh_interval_seconds). Observed once per run counted as created, never "
+        "for runs that existed before the workflow was watched.",
+        buckets_option="queue_buckets_seconds",
+        keys=("queue_buckets", "queue_bucket_hits", "queue_sum"),
+    ),
+    Distribution(
+        "processing",
+        "copyai_workflow_run_processing_seconds",
+        "Time runs of the workflow ran: from their start (as in "
+        "copyai_workflow_run_queue_seconds) to their end (COMPLETE or FAILED: a webhook's "
+        "time, or else when a look first saw it). Observed once per run counted as "
+        "created whose start and end were both seen; without webhooks start and end are "
+        "each late by up to refresh_interval_seconds, so a value is off by at most that.",
+        buckets_option="processing_buckets_seconds",
+        keys=("processing_buckets", "processing_bucket_hits", "processing_sum"),
+    ),
+    Distribution(
+        "credits_used",
+        "copyai_workflow_run_credits_used",
+        "Credits of each finished run of the workflow, observed once per run when its end "
+        f"is counted and its credits are known. {COUNTED}",
+        buckets_option="credits_buckets",
+        keys=("credits_buckets", "credits_bucket_hits", "credits_used_sum"),
     ),
     Time(
         "last_success",
@@ -123,6 +161,21 @@ WORKFLOW_VALUES: tuple[Count | Time | Derived | Distribution, ...] = (
         "createdAt of the oldest tracked run that is active (NEW, WAITING, PROCESSING or "
         "RETRYING; UNKNOWN is not active); absent when none is. time() minus this is how "
         "long the most stuck run has been going.",
+    ),
+    Derived(
+        "oldest_queued_created",
+        "copyai_workflow_oldest_queued_run_created_timestamp_seconds",
+        "createdAt of the oldest tracked run that is queued (NEW or WAITING, not yet known "
+        "to have started); absent when none is. time() minus this is the longest wait of "
+        "a run still waiting to start: a backlog.",
+    ),
+    Derived(
+        "oldest_running_started",
+        "copyai_workflow_oldest_running_run_started_timestamp_seconds",
+        "When the longest-running tracked run started (known running: PROCESSING or "
+        "RETRYING, from its workflowRun.started delivery or the first look that saw it "
+        "running, late by up to refresh_interval_seconds without that webhook); absent "
+        "when none is running. time() minus this is how long a hung run has run.",
     ),
     Derived(
         "oldest_look",

@@ -41,9 +41,16 @@ class WebhookSink:
 class WebhookApp:
     """WSGI app of the webhook listener."""
 
-    def __init__(self, config: Callable[[], WebhookConfig | None], sink: WebhookSink):
+    def __init__(
+        self,
+        config: Callable[[], WebhookConfig | None],
+        sink: WebhookSink,
+        attribution: Callable[[], tuple[str, ...]] = lambda: (),
+    ):
+        """`attribution`: the attribution keys whose values a delivery's run carries."""
         self._config = config
         self._sink = sink
+        self._attribution = attribution
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -67,7 +74,7 @@ class WebhookApp:
             return self._reject(start_response, "too_large", "413 Content Too Large")
         body = environ["wsgi.input"].read(length)
         try:
-            event = parse_event(body)
+            event = parse_event(body, self._attribution())
         except WebhookError as exc:
             status = "400 Bad Request" if exc.reason == "bad_json" else "422 Unprocessable Content"
             return self._reject(start_response, exc.reason, status)

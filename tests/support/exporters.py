@@ -140,7 +140,9 @@ class ReceiverStarter:
         assert config.webhooks is not None, "a receiver needs webhooks in the config"
         running = self.start_exporter(config, **{"process_metrics": False, **exporter_kwargs})
         exporter = running.exporter
-        app = WebhookApp(lambda: exporter.config.webhooks, exporter)
+        app = WebhookApp(
+            lambda: exporter.config.webhooks, exporter, lambda: exporter.config.attribution.keys
+        )
         server = HttpServer(app, "127.0.0.1:0").start()
         self.servers.append(server)
         return Receiver(running, server, config.webhooks.token.reveal())
