@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from exporter.api.deliveries import CREDIT_LIMIT, WebhookEvent
+from exporter.api.deliveries import CREDIT_LIMIT, STARTED, WebhookEvent
 from exporter.api.records import ID_PATTERN, Run, RunStatus
 from exporter.tracking.book import HistoryBook
 from exporter.tracking.runs import RunStore
@@ -285,6 +285,7 @@ class Applier:
             created_at=event.created_at,
             credits=event.credits,
             pinned=configured,
+            started=event.event_type == STARTED,
         )
         if configured and event.status is not None:
             run = Run(
