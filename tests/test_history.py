@@ -820,6 +820,34 @@ def test_a_removal_whose_flush_failed_is_written_by_the_next_one():
     assert removed == ["a"]
 
 
+def test_a_start_delivered_without_created_at_counts_once_the_first_listing_is_complete():
+    """Before the first listing has covered the window, a start says nothing about when
+    the run was created (it may have waited in NEW since before the watch): it waits for
+    createdAt. After it, an unknown run that starts was created while watched."""
+    h = history()
+    h.discovering = True
+    h.observe("R-early", when=2_000.0, status=S.PROCESSING, started=True)
+    assert counters(h)["created"] == 0 and h.awaiting_origin()
+    h.observe("R-early", when=2_010.0, status=S.PROCESSING, created_at=900.0)  # listed
+    assert counters(h)["created"] == 0 and not h.awaiting_origin()  # baseline after all
+    h.discovery.filled = True
+    h.observe("R-new", when=2_100.0, status=S.PROCESSING, started=True)
+    assert counters(h)["created"] == 1 and not h.awaiting_origin()
+    h.observe("R-new", when=2_130.0, status=S.COMPLETE, credits=4.0)
+    h.observe("R-new", when=2_400.0, status=S.COMPLETE, created_at=2_099.0)  # reconciled
+    assert counters(h) == {
+        **counters(h),
+        "created": 1,
+        "finished": 1,
+        "credits": 4.0,
+        "durations": 1,
+        "duration_sum": 31.0,  # createdAt to the end delivery
+    }
+    h.observe("R-known", when=2_200.0, status=S.NEW, created_at=2_150.0)
+    h.observe("R-known", when=2_210.0, status=S.PROCESSING, started=True)
+    assert counters(h)["created"] == 2  # counted once, from its createdAt
+
+
 # --- queue wait, processing, wasted credits (issue 14) -----------------------------------
 
 
@@ -977,3 +1005,4 @@ def test_the_days_budgets_read_are_rebuilt_from_the_runs_of_an_older_state():
     del meta["daily_credits"]  # written by a version that kept no days
     restored = WorkflowHistory.restore(WF, meta, runs, {}, None)
     assert restored.daily_credits.days == {0: 3.0, 1: 4.0}
+

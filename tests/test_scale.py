@@ -147,10 +147,12 @@ def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_st
         sim.stop()
 
 
-def test_a_delivery_without_created_at_brings_a_listing_at_the_next_refresh():
-    """The documented payloads carry no createdAt, and a run cannot be counted as
-    created while watched without it: a webhook-fed workflow with such a run is listed
-    at the next refresh (one page brings it for all of them), then reconciles again."""
+def test_deliveries_without_created_at_are_counted_without_a_listing_when_they_can_be():
+    """The documented payloads carry no createdAt. A run first heard of by its start,
+    once the first listing has covered the window, was created while watched: counted
+    at once, no request. An end alone (its start missed) cannot be judged without
+    createdAt: the workflow is listed at the next refresh (one page brings it for all
+    such runs), counted there, and reconciles again after."""
     clock = FakeClock()
     world = World(api_key=API_KEY, clock=clock.wall, seed=21)
     sim = RunningSimulator(world)
@@ -169,32 +171,37 @@ def test_a_delivery_without_created_at_brings_a_listing_at_the_next_refresh():
     subscribe_all(world)
     since = clock.wall()
 
-    def step(shape: str) -> tuple[bool, float | None]:
-        """A run in a 30 s interval, delivered in `shape`; whether the refresh after it
-        listed the workflow, and the runs counted as created then."""
+    def step(shape: str, start_delivered: bool) -> tuple[bool, float | None, float | None]:
+        """A run in a 30 s interval, delivered in `shape` (its start, or only its end);
+        whether the refresh after it listed the workflow, and the runs counted as
+        created and as finished then."""
         world.faults.update({"webhook_shape": shape})
         world.start_run(wf, fail=False)
-        deliver(world, exporter)
+        if start_delivered:
+            deliver(world, exporter)
+        else:
+            world.tick()  # the start is lost on its way
         clock.advance(30)
         deliver(world, exporter)
         before = list_calls(sim)
         exporter.refresh(time.monotonic() + 30)
         samples = parse_samples(exporter.render().decode())
-        return list_calls(sim) > before, sample(
-            samples, "copyai_workflow_runs_created_total", workflow_id=wf
+        return (
+            list_calls(sim) > before,
+            sample(samples, "copyai_workflow_runs_created_total", workflow_id=wf),
+            sample(samples, "copyai_workflow_runs_finished_total", workflow_id=wf),
         )
 
     try:
-        exporter.refresh(time.monotonic() + 30)
-        assert step("record") == (False, 1)  # fed: no listing, counted from the delivery
-        assert step("documented") == (True, 2)  # listed at once: counted at this refresh
-        assert step("record") == (False, 3)  # nothing awaits createdAt: reconciling again
-        assert step("documented") == (True, 4)
+        exporter.refresh(time.monotonic() + 30)  # the first listing covers the window
+        assert step("record", True) == (False, 1, 1)
+        assert step("documented", True) == (False, 2, 2)  # the start proves it new
+        assert step("documented", False) == (True, 3, 3)  # an end alone: listed at once
+        assert step("record", False) == (False, 4, 4)  # the record has createdAt
+        assert step("documented", True) == (False, 5, 5)  # reconciling again
         assert sim_stats(sim).get("get_run", 0) == 0
         truth = world.truth(since)[wf]
-        samples = parse_samples(exporter.render().decode())
-        assert sample(samples, "copyai_workflow_runs_finished_total", workflow_id=wf) == 4
-        assert truth["created"] == truth["finished"] == 4
+        assert truth["created"] == truth["finished"] == 5
     finally:
         exporter.close()
         sim.stop()

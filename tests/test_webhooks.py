@@ -139,7 +139,8 @@ PARSED = {
     ),
     "started_without_status": (
         {"type": "workflowRun.started", "workflowRunId": "WRUN-6", "workflowId": "WCFG-1"},
-        WebhookEvent(STARTED, "WCFG-1", "WRUN-6", None, None, None),
+        # a start says the run is running, even when the payload has no record
+        WebhookEvent(STARTED, "WCFG-1", "WRUN-6", RunStatus.PROCESSING, None, None),
     ),
     "started_with_status": (
         {

@@ -76,9 +76,12 @@ def parse_event(body: bytes, attributes: tuple[str, ...] = ()) -> WebhookEvent:
         status: RunStatus | None = RunStatus.COMPLETE
     elif event_type == FAILED:
         status = RunStatus.FAILED
-    else:  # started: the status if the sender included the run record, else unknown yet
+    else:  # started: the status if the sender included the run record; else it runs
         reported = RunStatus.parse(payload.get("status"))
-        status = reported if "status" in payload and not reported.terminal else None
+        if "status" not in payload:
+            status = RunStatus.PROCESSING
+        else:
+            status = reported if not reported.terminal else None
     values = attribute_values(payload, attributes) if attributes else None
     return WebhookEvent(event_type, workflow_id, run_id, status, credits, created_at, values)
 

@@ -179,7 +179,7 @@ class WorkflowHistory:
         self.dropped: OrderedDict[str, DroppedRun] = OrderedDict()
         self._status_counts: Counter[RunStatus] = Counter()
         self._active: set[str] = set()
-        self._undated: set[str] = set()  # runs whose createdAt is not known yet
+        self._undecided: set[str] = set()  # runs not yet judged baseline or watched
         self.dirty_runs: set[str] = set()
         self.removed_runs: set[str] = set()
         self.meta_dirty = True
@@ -210,9 +210,9 @@ class WorkflowHistory:
         is final: once COMPLETE or FAILED is known, no later status or partial credits
         change it. `fetched` marks an answer to a fetch of this run (for the slower
         pace of runs whose answers bring no usable status). `started` marks a
-        workflowRun.started delivery: the run is running from `when` on. `attributes`
-        are the attribution keys' values the look carried; they are merged into what
-        is known of the run until its end is counted.
+        workflowRun.started delivery: the run is running from `when` on (see also
+        _started_while_watched). `attributes` are the attribution keys' values the look
+        carried; they are merged into what is known of the run until its end is counted.
         """
         with self.lock:
             run = self.runs.get(run_id)
@@ -224,7 +224,9 @@ class WorkflowHistory:
                     return False
                 run = TrackedRun(run_id=run_id, first_seen=when, pinned=pinned)
                 self.runs[run_id] = run
-                self._undated.add(run_id)
+                self._undecided.add(run_id)
+                if started and created_at is None:
+                    self._started_while_watched(run)
                 if self.dropped:
                     self.dropped.pop(run_id, None)
             elif pinned:
@@ -238,8 +240,9 @@ class WorkflowHistory:
                     self._drop(run, self._why_too_old(created_at, when), when, created_at)
                     return False
                 run.created_at = created_at
-                self._undated.discard(run_id)
                 self._latest("last_created", created_at)
+                if run.origin == WATCHED and run.started_at is not None:
+                    self._observe_queue(run)  # counted by its start, its wait known now
             if (
                 attributes is not None
                 and self.attribution.keys
@@ -348,11 +351,23 @@ class WorkflowHistory:
 
     def _started(self, run: TrackedRun, when: float) -> None:
         run.started_at = when
-        if run.origin == WATCHED:
-            self._observe_queue(run)
+        if run.origin == WATCHED and run.created_at is not None:
+            self._observe_queue(run)  # else when createdAt (and so its origin) is known
+
+    def _started_while_watched(self, run: TrackedRun) -> None:
+        """A run first heard of by its `workflowRun.started` delivery, without createdAt.
+        Once the first listing has covered the window, every run that existed then is
+        known, so an unknown run that starts now was created while watched: counted as
+        created at once. Its createdAt (for the duration) comes with a later look."""
+        if not (self.discovering and self.discovery.filled):
+            return  # nothing proves it new: wait for createdAt
+        run.origin = WATCHED
+        self._undecided.discard(run.run_id)
+        self._count("created")
 
     def _decide_origin(self, run: TrackedRun) -> None:
         assert run.created_at is not None
+        self._undecided.discard(run.run_id)
         run.origin = WATCHED if run.created_at >= self.watch_start else BASELINE
         if run.origin == WATCHED:
             self._count("created")
@@ -564,7 +579,7 @@ class WorkflowHistory:
         if run.status is not None:
             self._status_counts[run.status] -= 1
         self._active.discard(run.run_id)
-        self._undated.discard(run.run_id)
+        self._undecided.discard(run.run_id)
         self.dirty_runs.discard(run.run_id)
         self.removed_runs.add(run.run_id)
 
@@ -609,12 +624,13 @@ class WorkflowHistory:
             run = self.runs.get(run_id)
             return run is not None and run.attribution_pending
 
-    def awaiting_created(self) -> bool:
-        """Whether some run's createdAt is still unknown (known from a delivery that did
-        not carry it, as the documented payloads do not): until a look brings it, the run
-        cannot be counted as created while watched, nor its duration measured."""
+    def awaiting_origin(self) -> bool:
+        """Whether some run is not yet judged baseline or watched: known from a delivery
+        without createdAt (the documented payloads carry none) that was not a start the
+        baseline listing proves new. Until a look brings createdAt it is not counted as
+        created (nor, unless seen running, its end)."""
         with self.lock:
-            return bool(self._undated)
+            return bool(self._undecided)
 
     def oldest_look(self) -> float | None:
         """The time of the stalest data behind the workflow's metrics: its last listing
@@ -844,8 +860,8 @@ class WorkflowHistory:
                     self._status_counts[run.status] += 1
                 if run.active:
                     self._active.add(run.run_id)
-                if run.created_at is None:
-                    self._undated.add(run.run_id)
+                if run.origin is None:
+                    self._undecided.add(run.run_id)
             for run_id in removed:
                 old = self.runs.pop(run_id, None)
                 if old is not None:
@@ -858,7 +874,7 @@ class WorkflowHistory:
         if run.status is not None:
             self._status_counts[run.status] -= 1
         self._active.discard(run.run_id)
-        self._undated.discard(run.run_id)
+        self._undecided.discard(run.run_id)
 
     def _load_meta(self, meta: dict[str, Any]) -> None:
         self.watch_start = float(meta["watch_start"])

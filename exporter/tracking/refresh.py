@@ -230,9 +230,10 @@ class Refresher:
     def _intervals(self, wall: float) -> dict[str, float]:
         """Each workflow's due age: the refresh interval's, or while webhook deliveries
         about it arrive (or about any workflow, for a workspace-wide registration), the
-        slower reconciliation interval's. Not while a delivered run's createdAt is
-        unknown (the documented payloads lack it): counting it waits for a look, and one
-        listing brings it for every such run of the workflow."""
+        slower reconciliation interval's. Not while a delivered run cannot be judged
+        baseline or watched (a documented end delivery without createdAt, for a run whose
+        start was not delivered): counting it waits for a look, and one listing brings
+        createdAt for every such run of the workflow."""
         normal = self._due_age
         webhooks = self._config.webhooks
         histories = self._book.all()
@@ -249,7 +250,7 @@ class Refresher:
             last = delivered[history.workflow_id]
             seen = latest if workspace_wide and latest is not None else last
             fed = seen is not None and wall - seen < reconcile
-            if fed and history.awaiting_created():
+            if fed and history.awaiting_origin():
                 fed = False
             intervals[history.workflow_id] = slow if fed else normal
         return intervals
