@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import rows, workspace
+from benchmarks import insight, rows, workspace
 from benchmarks.harness import (
     API_KEY,
     ROOT,
@@ -70,6 +70,7 @@ PHASE_ROWS = {
     "slow_clients": {"8"},
     "status": {"9"},
     "workspace": {"10"},
+    "insight": {"11"},
 }
 
 
@@ -90,6 +91,7 @@ class Sizes:
     slow_clients: int = 3000  # row 8: at the default --web.max-connections (512)
     workspace_workflows: int = 1000  # row 10
     workspace_seconds: float = 600.0  # row 10: real time, both modes at once
+    insight_finished: int = 2_000  # row 11: runs finished while watched (after `discovered`)
 
     @property
     def small(self) -> int:
@@ -114,6 +116,7 @@ QUICK = Sizes(
     slow_clients=600,
     workspace_workflows=100,
     workspace_seconds=120.0,
+    insight_finished=300,
 )
 
 
@@ -808,6 +811,22 @@ class Bench:
             self.report.add("10", **line)
         self.report.note(workspace.note(modes))
 
+    def insight(self) -> None:
+        """Row 11: the cost of issue 14's features at 100,000 discovered runs, with and
+        without them, side by side (benchmarks/insight.py)."""
+        s = self.sizes
+        progress(
+            f"row 11: {s.discovered:,} discovered runs, with and without budgets and attribution"
+        )
+        result = insight.measure(self, s.discovered, s.insight_finished)
+        for line in insight.lines(result):
+            self.report.add("11", **line)
+        self.report.note(
+            f"row 11: both exporters counted {result.on.finished:,} and {result.off.finished:,} "
+            f"finished runs; row 5 (re-measured in the same run) is the peak RSS at "
+            f"{s.discovered:,} runs to compare with the figure before issue 14"
+        )
+
     def status_page(self) -> None:
         """Row 9: the status page and /status.json of an exporter with 10,000 configured
         runs, before any run is fetched (every run a problem to sort and explain) and
@@ -1025,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
         help="phases to run (comma-separated): configured (rows 1, 2, 3, 6), large (rows 3 "
         "and 5 at 10,000 runs), discovery (rows 4 and 5), replicas (row 7, needs "
         "redis-server), slow_clients (row 8), status (row 9), workspace (row 10: 1,000 "
-        "workflows at the default budget, 10 minutes)",
+        "workflows at the default budget, 10 minutes), insight (row 11: budgets and "
+        "attribution at 100,000 discovered runs)",
     )
     parser.add_argument(
         "--update",
@@ -1066,6 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
             "slow_clients": bench.slow_clients,
             "status": bench.status_page,
             "workspace": bench.workspace,
+            "insight": bench.insight,
         }
         try:
             for name in chosen:

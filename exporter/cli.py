@@ -327,6 +327,9 @@ def _serve_demo(args: argparse.Namespace, web: WebState) -> int:
             }
             for wid, name in world.workflows.items()
         ],
+        # the dashboard's budget and attribution panels have something to show
+        "budgets": [{"name": "demo", "credits": 20000, "period": "month", "workflows": "*"}],
+        "attribution": {"keys": ["metadata.customer"], "max_values_per_key": 20},
     }
     config = build_config(document, source="demo", env={"COPYAI_API_KEY": world.api_key})
     log.info("demo mode: simulated Copy.ai API at %s (no real key used)", sim.base_url)

@@ -1005,4 +1005,3 @@ def test_the_days_budgets_read_are_rebuilt_from_the_runs_of_an_older_state():
     del meta["daily_credits"]  # written by a version that kept no days
     restored = WorkflowHistory.restore(WF, meta, runs, {}, None)
     assert restored.daily_credits.days == {0: 3.0, 1: 4.0}
-

@@ -149,6 +149,8 @@ def test_dashboard_draws_the_alert_thresholds_and_says_never():
                 "runs_failing_ratio": 0.3,
                 "run_stuck_seconds": 1800,
                 "data_stale_seconds": 600,
+                "run_queued_seconds": 900,
+                "run_hung_seconds": 7200,
             }
         }
     )
@@ -163,6 +165,8 @@ def test_dashboard_draws_the_alert_thresholds_and_says_never():
     assert 0.3 in steps("Failure ratio (30m)")
     assert 1800 in steps("Oldest active run age")
     assert 600 in steps("Scrape time and freshness")
+    assert 900 in steps("Oldest queued run age")
+    assert 7200 in steps("Longest running run")
     assert panels["Credit limit reached"]["fieldConfig"]["defaults"]["noValue"] == "never"
     assert all("vector(-1)" not in t["expr"] for p in board["panels"] for t in p.get("targets", []))
     assert {link["title"] for link in board["links"]} == {
@@ -172,6 +176,33 @@ def test_dashboard_draws_the_alert_thresholds_and_says_never():
     }
     titles = [a["name"] for a in board["annotations"]["list"]]
     assert titles == ["Copy.ai alerts firing", "Exporter restarts"]
+
+
+def test_the_queue_and_budget_thresholds_reach_their_alerts():
+    config = build_mixin_config(
+        {
+            "thresholds": {
+                "run_queued_seconds": 900,
+                "run_hung_seconds": 7200,
+                "budget_exhaustion_for_seconds": 3600,
+            }
+        }
+    )
+    rules = yaml.safe_load(render(config)[ALERTS])["groups"][0]["rules"]
+    alerts = {rule["alert"]: rule for rule in rules}
+    assert "> 900\n" in alerts["CopyaiRunsQueuedTooLong"]["expr"]
+    assert "> 7200\n" in alerts["CopyaiRunHung"]["expr"]
+    assert alerts["CopyaiCreditBudgetExhaustionProjected"]["for"] == "1h"
+    assert alerts["CopyaiCreditBudgetExceeded"]["labels"]["severity"] == "critical"
+    # the exceeded budget silences its projection; the specific stuck-run alerts the generic
+    inhibit = yaml.safe_load(render(config)[INHIBIT])["inhibit_rules"]
+    by_source = {tuple(rule["source_matchers"]): rule for rule in inhibit}
+    spent = by_source[('alertname="CopyaiCreditBudgetExceeded"',)]
+    assert spent["equal"] == ["job", "budget"]
+    assert spent["target_matchers"] == ['alertname="CopyaiCreditBudgetExhaustionProjected"']
+    down = by_source[('alertname=~"CopyaiExporterDown|CopyaiApiUnreachable|CopyaiApiKeyRefused"',)]
+    assert "CopyaiRunsQueuedTooLong" in down["target_matchers"][0]
+    assert "CopyaiRunHung" in down["target_matchers"][0]
 
 
 def test_every_alert_has_an_absolute_runbook_and_a_readme_section():

@@ -180,6 +180,11 @@ class Stack:
         return [a for a in alerts["data"]["alerts"] if a["state"] == "firing"]
 
 
+def customer(name: str) -> dict[str, Any]:
+    """A run's metadata naming whom it was for (attribution.keys: [metadata.customer])."""
+    return {"api": True, "customer": name}
+
+
 def start_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
     return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
@@ -228,6 +233,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     ]
     for i in range(20):  # history from before the exporter watched
         world.add_run([blog, seo][i % 2], [("COMPLETE", None)], age_seconds=3000 - i, credits=2)
+    # waiting to start for an hour: a backlog (CopyaiRunsQueuedTooLong)
+    world.add_run(seo, [("NEW", None)], age_seconds=3600, metadata=customer("initech"))
     sim = RunningSimulator(world)
     cleanup.append(sim.stop)
 
@@ -246,6 +253,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             },
             "state": {"path": str(tmp_path / "state.db")},
             "webhooks": {"listen_address": "127.0.0.1:0"},
+            # one budget with room, one the runs below spend (CopyaiCreditBudgetExceeded)
+            "budgets": [
+                {"name": "content", "credits": 1000, "period": "month", "workflows": "*"},
+                {"name": "seo", "credits": 10, "period": "day", "workflows": [seo]},
+            ],
+            "attribution": {"keys": ["metadata.customer"], "max_values_per_key": 5},
             "workflows": [
                 {"id": blog, "name": "blog-writer", "discover": True, "runs": [listed[0]]},
                 {"id": seo, "name": "seo-meta", "discover": True, "runs": [listed[1]]},
@@ -399,10 +412,16 @@ def test_the_stack_end_to_end(stack: Stack):
     # runs that fail and succeed while Prometheus watches; a credit limit webhook
     for i in range(6):
         world.add_run(
-            blog, [("PROCESSING", 1), ("FAILED" if i < 5 else "COMPLETE", None)], credits=4
+            blog,
+            [("PROCESSING", 1), ("FAILED" if i < 5 else "COMPLETE", None)],
+            credits=4,
+            metadata=customer(("acme", "globex")[i % 2]),
         )
         world.add_run(
-            seo, [("NEW", 0.5), ("RETRYING", 1), ("PROCESSING", 1), ("COMPLETE", None)], credits=2
+            seo,
+            [("NEW", 0.5), ("RETRYING", 1), ("PROCESSING", 1), ("COMPLETE", None)],
+            credits=2,
+            metadata=customer("initech"),
         )
     world.credit_limit_reached(seo)
 
@@ -417,16 +436,37 @@ def test_the_stack_end_to_end(stack: Stack):
         lambda: "CopyaiWorkflowRunsFailing" in stack.receiver.alertnames(), timeout=30, interval=0.2
     )
     assert "CopyaiCreditLimitReached" in stack.firing()
+    # the runs spent the seo budget: a page for that budget only; the run waiting for an
+    # hour is a backlog of its workflow
+    wait_for(lambda: "CopyaiCreditBudgetExceeded" in stack.firing(), timeout=30, interval=0.5)
+    spent = [
+        a for a in stack.firing_alerts() if a["labels"]["alertname"] == "CopyaiCreditBudgetExceeded"
+    ]
+    assert [(a["labels"]["budget"], a["labels"]["severity"]) for a in spent] == [
+        ("seo", "critical")
+    ]
+    assert float(spent[0]["value"]) >= 10
+    wait_for(lambda: "CopyaiRunsQueuedTooLong" in stack.firing(), timeout=30, interval=0.5)
+    queued = [
+        a for a in stack.firing_alerts() if a["labels"]["alertname"] == "CopyaiRunsQueuedTooLong"
+    ]
+    assert [a["labels"]["workflow_name"] for a in queued] == ["seo-meta"]
+    wait_for(
+        lambda: "CopyaiCreditBudgetExceeded" in stack.receiver.alertnames(),
+        timeout=30,
+        interval=0.2,
+    )
 
     # 1. every dashboard query is valid PromQL and returns data
     exporter_text = requests.get(f"{stack.exporter_url}/metrics", timeout=10).text
-    wait_for(
-        lambda: stack.query("sum(copyai_workflow_run_duration_seconds_count) > 0")["data"][
-            "result"
-        ],
-        timeout=20,
-        interval=0.5,
-    )
+    for histogram in ("duration", "queue", "processing"):
+        wait_for(
+            lambda h=histogram: stack.query(f"sum(copyai_workflow_run_{h}_seconds_count) > 0")[
+                "data"
+            ]["result"],
+            timeout=20,
+            interval=0.5,
+        )
     empty = []
     annotations = {a["expr"] for a in json.loads(DASHBOARD.read_text())["annotations"]["list"]}
     for expr in dashboard_queries():
@@ -489,7 +529,9 @@ def alert_states(url: str) -> dict[tuple[str, ...], str]:
 
 def test_the_shipped_inhibitions_silence_only_the_job_that_is_down(tmp_path):
     """One job's API outage silences that job's workflow symptoms only; one replica down
-    of several silences nothing; a page for a burning budget silences its ticket."""
+    of several silences nothing; a page for a burning budget silences its ticket; a hung
+    or queued run silences the generic stuck-run alert of its workflow; a spent credit
+    budget silences its own projection, of that job only."""
     alertmanager = require_tool("prometheus-alertmanager")
     port = free_port()
     log = tmp_path / "alertmanager.log"
@@ -519,10 +561,58 @@ def test_the_shipped_inhibitions_silence_only_the_job_that_is_down(tmp_path):
                     "workflow_id": "W1",
                 },
                 {
+                    "alertname": "CopyaiRunsQueuedTooLong",
+                    "severity": "warning",
+                    "job": "A",
+                    "workflow_id": "W1",
+                },
+                {
+                    "alertname": "CopyaiRunHung",
+                    "severity": "warning",
+                    "job": "A",
+                    "workflow_id": "W1",
+                },
+                {
                     "alertname": "CopyaiExporterReplicaDown",
                     "severity": "warning",
                     "job": "B",
                     "instance": "b2:10117",
+                },
+                {
+                    "alertname": "CopyaiRunHung",
+                    "severity": "warning",
+                    "job": "B",
+                    "workflow_id": "W4",
+                },
+                {
+                    "alertname": "CopyaiRunStuck",
+                    "severity": "warning",
+                    "job": "B",
+                    "workflow_id": "W4",
+                },
+                {
+                    "alertname": "CopyaiCreditBudgetExceeded",
+                    "severity": "critical",
+                    "job": "B",
+                    "budget": "content",
+                },
+                {
+                    "alertname": "CopyaiCreditBudgetExhaustionProjected",
+                    "severity": "warning",
+                    "job": "B",
+                    "budget": "content",
+                },
+                {
+                    "alertname": "CopyaiCreditBudgetExhaustionProjected",
+                    "severity": "warning",
+                    "job": "B",
+                    "budget": "ads",
+                },
+                {
+                    "alertname": "CopyaiCreditBudgetExhaustionProjected",
+                    "severity": "warning",
+                    "job": "A",
+                    "budget": "content",
                 },
                 {"alertname": "CopyaiDataStale", "severity": "warning", "job": "B"},
                 {
@@ -556,7 +646,19 @@ def test_the_shipped_inhibitions_silence_only_the_job_that_is_down(tmp_path):
             ("alertname=CopyaiApiUnreachable", "job=A"): "active",
             ("alertname=CopyaiDataStale", "job=A"): "suppressed",
             ("alertname=CopyaiRunStuck", "job=A", "workflow_id=W1"): "suppressed",
+            ("alertname=CopyaiRunsQueuedTooLong", "job=A", "workflow_id=W1"): "suppressed",
+            ("alertname=CopyaiRunHung", "job=A", "workflow_id=W1"): "suppressed",
             ("alertname=CopyaiExporterReplicaDown", "instance=b2:10117", "job=B"): "active",
+            ("alertname=CopyaiRunHung", "job=B", "workflow_id=W4"): "active",
+            ("alertname=CopyaiRunStuck", "job=B", "workflow_id=W4"): "suppressed",
+            ("alertname=CopyaiCreditBudgetExceeded", "budget=content", "job=B"): "active",
+            ("alertname=CopyaiCreditBudgetExhaustionProjected", "budget=content", "job=B"): (
+                "suppressed"
+            ),
+            ("alertname=CopyaiCreditBudgetExhaustionProjected", "budget=ads", "job=B"): "active",
+            ("alertname=CopyaiCreditBudgetExhaustionProjected", "budget=content", "job=A"): (
+                "active"
+            ),
             ("alertname=CopyaiDataStale", "job=B"): "active",
             ("alertname=CopyaiRunStuck", "job=B", "workflow_id=W2"): "active",
             ("alertname=CopyaiWorkflowErrorBudgetBurn", "job=B", "workflow_id=W2"): "active",

@@ -8,7 +8,9 @@ number of replicas gets the pages they should and no others:
 - what replicas agree on (the API, freshness, workflows) is alerted per job, not per
   instance; what each replica owns (its config, state store, restarts) per instance;
 - each workflow has an SLO on its run success ratio, with multi-window, multi-burn-rate
-  alerts (Google SRE workbook, chapter "Alerting on SLOs").
+  alerts (Google SRE workbook, chapter "Alerting on SLOs");
+- each credit budget is alerted per job and budget: spent (a page: money goes on
+  being spent past it), or spent before its period ends at the pace of 6 hours.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.mixin.config import MixinConfig
-from exporter.mixin.rules import Names
+from exporter.mixin.rules import BUDGET_WINDOW, Names
 
 CRITICAL, WARNING = "critical", "warning"
 # (long window, short window, burn rate, severity): a page spends 2 % of a 30-day
@@ -166,6 +168,33 @@ def alerting_rules(config: MixinConfig) -> dict[str, Any]:
             "or RETRYING."
         ),
     )
+    queued = n.recorded("copyai_workflow_oldest_queued_run_created_timestamp_seconds", "min")
+    alert(
+        "CopyaiRunsQueuedTooLong",
+        n.with_names(f"time() - {queued} > {t.run_queued_seconds:g}"),
+        for_="5m",
+        severity=WARNING,
+        workflow=True,
+        summary="Runs of Copy.ai workflow {{ $labels.workflow_name }} wait long to start",
+        description=(
+            f"The oldest queued run of workflow {WORKFLOW} was created "
+            "{{ $value | humanizeDuration }} ago and has not started yet (NEW or "
+            "WAITING): a backlog."
+        ),
+    )
+    running = n.recorded("copyai_workflow_oldest_running_run_started_timestamp_seconds", "min")
+    alert(
+        "CopyaiRunHung",
+        n.with_names(f"time() - {running} > {t.run_hung_seconds:g}"),
+        for_="10m",
+        severity=WARNING,
+        workflow=True,
+        summary="A run of Copy.ai workflow {{ $labels.workflow_name }} runs without end",
+        description=(
+            f"The longest-running run of workflow {WORKFLOW} started "
+            "{{ $value | humanizeDuration }} ago and is still PROCESSING or RETRYING."
+        ),
+    )
     look = n.recorded("copyai_workflow_oldest_look_timestamp_seconds", "min")
     alert(
         "CopyaiWorkflowDataLagging",
@@ -220,6 +249,36 @@ def alerting_rules(config: MixinConfig) -> dict[str, Any]:
             "Copy.ai reported workflowCreditLimit.reached for {{ if $labels.workflow_id }}"
             f"workflow {WORKFLOW}{{{{ else }}}}the workspace{{{{ end }}}}: new runs are "
             "refused until credits are added or the limit is raised."
+        ),
+    )
+    used = n.budget("copyai_credit_budget_used_credits", "max")
+    budget = n.budget("copyai_credit_budget_credits", "max")
+    alert(
+        "CopyaiCreditBudgetExceeded",
+        f"{used}\n>= on ({n.by_budget})\n{budget}",
+        severity=CRITICAL,
+        summary="Copy.ai credit budget {{ $labels.budget }} is spent",
+        description=(
+            "The workflows of credit budget {{ $labels.budget }} (job {{ $labels.job }}) "
+            "used {{ $value | humanize }} credits this period, its whole limit or more: "
+            "every run that finishes now spends past the budget."
+        ),
+    )
+    runway = n.budget("copyai_credit_budget_runway_seconds", f"rate{BUDGET_WINDOW}")
+    end = n.select("copyai_credit_budget_period_end_timestamp_seconds")
+    end = f"max by ({n.by_budget}) ({end})"
+    alert(
+        "CopyaiCreditBudgetExhaustionProjected",
+        # the runway exists only while the budget spends (its pace above 0)
+        f"{runway}\n< on ({n.by_budget})\n({end} - time())\n"
+        f"and on ({n.by_budget})\n({used} < on ({n.by_budget}) {budget})",
+        for_=_duration(t.budget_exhaustion_for_seconds),
+        severity=WARNING,
+        summary="Copy.ai credit budget {{ $labels.budget }} runs out before its period ends",
+        description=(
+            "At the pace of the last 6 hours, credit budget {{ $labels.budget }} (job "
+            "{{ $labels.job }}) is spent in {{ $value | humanizeDuration }}, before its "
+            "period ends."
         ),
     )
     limited = n.select("copyai_api_requests_total", 'code="429"')
@@ -334,7 +393,8 @@ def inhibit_rules(config: MixinConfig) -> dict[str, Any]:
     equal = config.group_labels
     symptoms = (
         "CopyaiDataStale|CopyaiRunStuck|CopyaiNoRecentSuccess|CopyaiWorkflowRunsFailing|"
-        "CopyaiWorkflowErrorBudgetBurn|CopyaiApiRateLimited|CopyaiWorkflowDataLagging"
+        "CopyaiWorkflowErrorBudgetBurn|CopyaiApiRateLimited|CopyaiWorkflowDataLagging|"
+        "CopyaiRunsQueuedTooLong|CopyaiRunHung"
     )
     return {
         "inhibit_rules": [
@@ -371,6 +431,19 @@ def inhibit_rules(config: MixinConfig) -> dict[str, Any]:
                     'alertname=~"CopyaiWorkflowRunsFailing|CopyaiWorkflowErrorBudgetBurn"'
                 ],
                 "equal": [*equal, "workflow_id"],
+            },
+            {
+                # the specific alerts say which kind of stuck run it is: waiting to
+                # start, or started and never ending
+                "source_matchers": ['alertname=~"CopyaiRunsQueuedTooLong|CopyaiRunHung"'],
+                "target_matchers": ['alertname="CopyaiRunStuck"'],
+                "equal": [*equal, "workflow_id"],
+            },
+            {
+                # a budget spent: its projection to be spent is old news
+                "source_matchers": ['alertname="CopyaiCreditBudgetExceeded"'],
+                "target_matchers": ['alertname="CopyaiCreditBudgetExhaustionProjected"'],
+                "equal": [*equal, "budget"],
             },
         ]
     }

@@ -45,6 +45,9 @@ class Thresholds:
     restarts_per_15m: int = option(2, Integer(1, 1000))
     leader_count_wrong_for_seconds: float = option(60.0, Number(15, 3600))
     workflow_data_lag_seconds: float = option(900.0, Number(60, 86_400 * 7))
+    run_queued_seconds: float = option(1800.0, Number(60, 86_400 * 30))
+    run_hung_seconds: float = option(3600.0, Number(60, 86_400 * 30))
+    budget_exhaustion_for_seconds: float = option(1800.0, Number(60, 86_400))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The panels of the dashboard, row by row (see dashboard.py for the conventions).
 
 Longer than 500 lines because a panel is declarative data (title, queries, units,
-thresholds, description) and there are thirty of them; split across modules, a row
-would be harder to read against the dashboard it draws."""
+thresholds, description) and there are over forty of them; split across modules, a
+row would be harder to read against the dashboard it draws."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.mixin.config import MixinConfig
 from exporter.mixin.grafana import TIMESERIES, Board, instant, series, stat_options, thresholds
+from exporter.mixin.rules import BUDGET_LEVEL, BUDGET_WINDOW
 
 if TYPE_CHECKING:
     from exporter.mixin.dashboard import Queries
@@ -22,7 +23,9 @@ def add_all(b: Board, q: Queries, config: MixinConfig) -> None:
     overview(b, q, config)
     slo(b, q, config)
     runs(b, q, config)
+    waits(b, q, config)
     credits(b, q, config)
+    spending(b, q, config)
     freshness(b, q, config)
     health(b, q, config)
 
@@ -438,6 +441,71 @@ def runs(b: Board, q: Queries, config: MixinConfig) -> None:
     )
 
 
+def waits(b: Board, q: Queries, config: MixinConfig) -> None:
+    t = config.thresholds
+    b.row("Queue wait and processing")
+    for title, metric, what in (
+        (
+            "Queue wait",
+            "copyai_workflow_run_queue_seconds",
+            "How long runs waited before they started (createdAt to the first moment known "
+            "PROCESSING or RETRYING), for runs that started in each interval.",
+        ),
+        (
+            "Processing time",
+            "copyai_workflow_run_processing_seconds",
+            "How long runs ran once started (to COMPLETE or FAILED), for runs that ended in "
+            "each interval.",
+        ),
+    ):
+        rate = f"max by (workflow_id, le) (rate({q.m(metric + '_bucket')}[$__rate_interval]))"
+        b.add(
+            "timeseries",
+            title,
+            [
+                series(
+                    f"histogram_quantile({p}, sum by (workflow_name, le) ({q.named(rate)}))",
+                    f"{{{{workflow_name}}}} p{int(p * 100)}",
+                )
+                for p in (0.5, 0.95)
+            ],
+            w=6,
+            h=8,
+            unit="s",
+            description=f"{what} Without the workflowRun.started webhook, a start is late by "
+            "up to the refresh interval.",
+            options=TIMESERIES,
+        )
+    for title, metric, limit, what in (
+        (
+            "Oldest queued run age",
+            "copyai_workflow_oldest_queued_run_created_timestamp_seconds",
+            t.run_queued_seconds,
+            "How long the oldest run still waiting to start (NEW or WAITING) has waited: "
+            "a backlog. CopyaiRunsQueuedTooLong fires past the line.",
+        ),
+        (
+            "Longest running run",
+            "copyai_workflow_oldest_running_run_started_timestamp_seconds",
+            t.run_hung_seconds,
+            "How long the run that started first among those still PROCESSING or RETRYING "
+            "has run: a run that never ends. CopyaiRunHung fires past the line.",
+        ),
+    ):
+        oldest = q.recorded(metric, "min")
+        b.add(
+            "timeseries",
+            title,
+            [series(q.named(f"time() - {q.per_workflow(oldest)}"), "{{workflow_name}}")],
+            w=6,
+            h=8,
+            unit="s",
+            description=what,
+            options=TIMESERIES,
+            field=thresholds((None, "green"), (limit, "red"), line=True),
+        )
+
+
 def credits(b: Board, q: Queries, config: MixinConfig) -> None:
     t = config.thresholds
     b.row("Credits")
@@ -523,6 +591,213 @@ def credits(b: Board, q: Queries, config: MixinConfig) -> None:
             },
         ],
         field={**NEVER, **thresholds((None, "green"))},
+    )
+
+
+def spending(b: Board, q: Queries, config: MixinConfig) -> None:
+    t = config.thresholds
+    b.row("Credits: waste, budgets, attribution")
+    over_range = "max by (workflow_id) (increase({}[$__range]))"
+    wasted = over_range.format(q.m("copyai_workflow_failed_run_credits_total"))
+    spent = over_range.format(q.m("copyai_workflow_run_credits_total"))
+    b.add(
+        "bargauge",
+        "Credits wasted on failed runs",
+        [instant(q.named(f"{wasted} / {spent}"), "{{workflow_name}}")],
+        w=6,
+        h=8,
+        unit="percentunit",
+        description="Share of each workflow's credits in the time range that went to runs "
+        "that ended FAILED: spent for nothing.",
+        options={
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        },
+        field={
+            "min": 0,
+            "max": 1,
+            **thresholds(
+                (None, "green"),
+                (t.runs_failing_ratio / 2, "orange"),
+                (t.runs_failing_ratio, "red"),
+            ),
+        },
+    )
+    bucket = q.m("copyai_workflow_run_credits_used_bucket")
+    per_run = f"max by (workflow_id, le) (rate({bucket}[$__rate_interval]))"
+    b.add(
+        "timeseries",
+        "Credits per run",
+        [
+            series(
+                f"histogram_quantile({p}, sum by (workflow_name, le) ({q.named(per_run)}))",
+                f"{{{{workflow_name}}}} p{int(p * 100)}",
+            )
+            for p in (0.5, 0.95)
+        ],
+        w=6,
+        h=8,
+        description="Credits of one run, for the runs that finished in each interval: the "
+        "typical run and the expensive ones (interpolated within the credit buckets).",
+        options=TIMESERIES,
+    )
+
+    def budget(metric: str, operation: str) -> str:
+        return f"max by (budget) ({q.m(f'{BUDGET_LEVEL}:{metric}:{operation}')})"
+
+    used = budget("copyai_credit_budget_used_credits", "max")
+    limit = budget("copyai_credit_budget_credits", "max")
+    end = f"max by (budget) ({q.m('copyai_credit_budget_period_end_timestamp_seconds')})"
+    b.add(
+        "timeseries",
+        "Budget used against its limit",
+        [series(used, "{{budget}} used"), series(limit, "{{budget}} limit")],
+        w=6,
+        h=8,
+        description="Credits each budget's workflows used in its current period (from 0 at "
+        "each period's start), and its limit (dashed); CopyaiCreditBudgetExceeded fires "
+        "where they meet. Budgets are not filtered by the workflow variable.",
+        options=TIMESERIES,
+        overrides=[_dashed("B")],
+    )
+    pace = budget("copyai_credit_budget_used_credits", f"rate{BUDGET_WINDOW}")
+    b.add(
+        "timeseries",
+        "Budget pace per hour",
+        [
+            series(f"{pace} * 3600", "{{budget}} last 6h"),
+            series(
+                f"clamp_min({limit} - {used}, 0) / ({end} - time()) * 3600",
+                "{{budget}} pace that lasts",
+            ),
+        ],
+        w=6,
+        h=8,
+        description="Credits per hour each budget spent over the last 6 hours, and the pace "
+        "its credits left would last the period at (dashed): above that line for "
+        f"{_minutes(t.budget_exhaustion_for_seconds)}, CopyaiCreditBudgetExhaustionProjected "
+        "fires. Which workflows spend: Credits per hour by workflow, in the Credits row.",
+        options=TIMESERIES,
+        overrides=[_dashed("B")],
+    )
+    runway = budget("copyai_credit_budget_runway_seconds", f"rate{BUDGET_WINDOW}")
+    b.add(
+        "table",
+        "Budgets",
+        [
+            instant(used, table=True),
+            instant(limit, table=True),
+            instant(f"{used} / {limit}", table=True),
+            instant(f"{runway} / 86400", table=True),
+            instant(f"({end} - time()) / 86400", table=True),
+        ],
+        w=12,
+        h=7,
+        unit="short",
+        description="Each budget in its current period: credits used, its limit, the share "
+        "used (red once spent), how many days its credits left last at the pace of the last "
+        "6 hours, and the days left in the period (runway shorter than that: the budget "
+        "runs out before the period ends).",
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {
+                        "budget": "Budget",
+                        "Value #A": "Used",
+                        "Value #B": "Limit",
+                        "Value #C": "Share used",
+                        "Value #D": "Runway",
+                        "Value #E": "Period left",
+                    },
+                },
+            },
+        ],
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "Share used"},
+                "properties": [
+                    {"id": "unit", "value": "percentunit"},
+                    {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                    {
+                        "id": "thresholds",
+                        "value": thresholds((None, "green"), (0.8, "orange"), (1, "red"))[
+                            "thresholds"
+                        ],
+                    },
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Runway"},
+                "properties": [
+                    {"id": "unit", "value": "d"},
+                    {"id": "noValue", "value": "not spending"},
+                ],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Period left"},
+                "properties": [{"id": "unit", "value": "d"}],
+            },
+        ],
+        options={"showHeader": True, "sortBy": [{"displayName": "Share used", "desc": True}]},
+    )
+    by_value = "sum by (attribute, value) ({})"
+    credits_by = by_value.format(
+        q.filtered(
+            "max by (workflow_id, attribute, value) (increase("
+            f"{q.m('copyai_workflow_run_credits_by_attribute_total')}[$__range]))"
+        )
+    )
+    top = f"topk(10, {credits_by})"
+    finished = "max by (workflow_id, attribute, value, status) (increase({}[$__range]))"
+    name = "copyai_workflow_runs_finished_by_attribute_total"
+    runs = by_value.format(q.filtered(finished.format(q.m(name))))
+    failed = by_value.format(q.filtered(finished.format(q.m(name, 'status="FAILED"'))))
+    b.add(
+        "table",
+        "Top 10 attribute values by credits",
+        [
+            instant(top, table=True),
+            instant(f"{runs} and on (attribute, value) {top}", table=True),
+            instant(f"({failed} / {runs}) and on (attribute, value) {top}", table=True),
+        ],
+        w=12,
+        h=7,
+        unit="short",
+        description="The attribution values (attribution.keys: a field of the runs' metadata "
+        "or input) whose runs used the most credits in the time range, over the selected "
+        "workflows, with their finished runs and the share that failed. __other__ gathers "
+        "values past attribution.max_values_per_key, __none__ runs without the field.",
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {
+                        "attribute": "Attribute",
+                        "value": "Value",
+                        "Value #A": "Credits",
+                        "Value #B": "Runs finished",
+                        "Value #C": "Failed",
+                    },
+                },
+            },
+        ],
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": "Failed"},
+                "properties": [{"id": "unit", "value": "percentunit"}],
+            },
+            {
+                "matcher": {"id": "byName", "options": "Credits"},
+                "properties": [{"id": "decimals", "value": 0}],
+            },
+        ],
+        options={"showHeader": True, "sortBy": [{"displayName": "Credits", "desc": True}]},
     )
 
 
@@ -817,6 +1092,18 @@ def health(b: Board, q: Queries, config: MixinConfig) -> None:
 def active(q: Queries) -> str:
     """Active runs per workflow and status, over the replicas."""
     return f"max by (workflow_id, status) ({q.m('copyai_workflow_runs', ACTIVE)})"
+
+
+def _dashed(ref: str) -> dict[str, Any]:
+    """Draw query `ref`'s series dashed: a limit or a target next to what reaches it."""
+    return {
+        "matcher": {"id": "byFrameRefID", "options": ref},
+        "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+    }
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes"
 
 
 def _merge(*fields: dict[str, Any]) -> dict[str, Any]:

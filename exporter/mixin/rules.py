@@ -7,6 +7,14 @@ workflow values), so a panel and its alert read the same series over the same wi
         failed / finished runs over 30 minutes (the SLO's error ratio)
     job_workflow_id:copyai_workflow_error_budget_burn:rate1h
         that ratio over 1 hour divided by the error budget (1 - the SLO target)
+    job_budget:copyai_credit_budget_used_credits:rate6h
+        credits per second a budget spent over 6 hours (`rate()` of its used credits,
+        which takes their fall at a period's start as the counter reset it is)
+    job_budget:copyai_credit_budget_runway_seconds:rate6h
+        how long the budget's credits left last at that pace (0 once spent); absent
+        while the budget spends nothing
+
+Budgets are taken the same way, `max by (job, budget)`.
 
 `Names` builds every name and selector the alerts and the dashboard refer to.
 """
@@ -21,6 +29,8 @@ from exporter.mixin.config import MixinConfig
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 LONG_WINDOWS = ("1d", "3d")
 LEVEL = "job_workflow_id"
+BUDGET_LEVEL = "job_budget"
+BUDGET_WINDOW = "6h"  # the pace a budget's runway is projected at
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,10 @@ class Names:
     def by_workflow(self) -> str:
         return f"{self.by}, workflow_id"
 
+    @property
+    def by_budget(self) -> str:
+        return f"{self.by}, budget"
+
     def select(self, metric: str, extra: str = "") -> str:
         """`metric{selector, extra}`."""
         matchers = ", ".join(m for m in (self.config.selector, extra) if m)
@@ -46,6 +60,10 @@ class Names:
         """A recorded per-workflow series, selected like the raw ones (several mixins
         with other selectors may record into the same Prometheus)."""
         return self.select(f"{LEVEL}:{metric}:{operation}", extra)
+
+    def budget(self, metric: str, operation: str) -> str:
+        """A recorded per-(job, budget) series."""
+        return self.select(f"{BUDGET_LEVEL}:{metric}:{operation}")
 
     def with_names(self, expr: str) -> str:
         """A per-workflow vector with workflow_name attached, for notifications."""
@@ -113,6 +131,16 @@ def recording_rules(config: MixinConfig) -> dict[str, Any]:
                 byw, n.select("copyai_workflow_oldest_active_run_created_timestamp_seconds")
             ),
         },
+        *(
+            {
+                "record": f"{LEVEL}:{metric}:min",
+                "expr": f"min by ({byw}) ({n.select(metric)})",
+            }
+            for metric in (
+                "copyai_workflow_oldest_queued_run_created_timestamp_seconds",
+                "copyai_workflow_oldest_running_run_started_timestamp_seconds",
+            )
+        ),
         {
             "record": f"{LEVEL}:copyai_workflow_oldest_look_timestamp_seconds:min",
             "expr": "min by ({}) ({})".format(
@@ -126,6 +154,7 @@ def recording_rules(config: MixinConfig) -> dict[str, Any]:
             ),
         },
     ]
+    rules += _budget_rules(n)
     return {
         "groups": [
             {"name": "copyai-exporter.rules", "rules": rules},
@@ -133,6 +162,35 @@ def recording_rules(config: MixinConfig) -> dict[str, Any]:
             {"name": "copyai-exporter.slo-long", "interval": "5m", "rules": long_rules},
         ]
     }
+
+
+def _budget_rules(n: Names) -> list[dict[str, str]]:
+    """Each credit budget's limit, use and pace over the replicas, and its runway."""
+    byb, window = n.by_budget, BUDGET_WINDOW
+    used = n.select("copyai_credit_budget_used_credits")
+    rules = [
+        {
+            "record": f"{BUDGET_LEVEL}:{metric}:max",
+            "expr": f"max by ({byb}) ({n.select(metric)})",
+        }
+        for metric in ("copyai_credit_budget_credits", "copyai_credit_budget_used_credits")
+    ]
+    pace = n.budget("copyai_credit_budget_used_credits", f"rate{window}")
+    left = "clamp_min(\n  {}\n  - {},\n  0\n)".format(
+        n.budget("copyai_credit_budget_credits", "max"),
+        n.budget("copyai_credit_budget_used_credits", "max"),
+    )
+    return [
+        *rules,
+        {
+            "record": f"{BUDGET_LEVEL}:copyai_credit_budget_used_credits:rate{window}",
+            "expr": f"max by ({byb}) (rate({used}[{window}]))",
+        },
+        {
+            "record": f"{BUDGET_LEVEL}:copyai_credit_budget_runway_seconds:rate{window}",
+            "expr": f"{left}\n/\n({pace} > 0)",
+        },
+    ]
 
 
 def _targets(config: MixinConfig, n: Names) -> str:

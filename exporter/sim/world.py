@@ -25,6 +25,7 @@ DEFAULT_API_KEY = "demo-key"
 
 TERMINAL = ("COMPLETE", "FAILED")
 RUNNING = ("PROCESSING", "RETRYING")
+CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")  # of started runs, in turn
 
 
 MAX_ARRIVALS = 10_000
@@ -199,6 +200,8 @@ class World:
             credits=rng.randint(1, 40),
             credits_as_string=rng.random() < 0.5,
             millis=rng.random() < 0.5,
+            # who the run was for, as callers put it in metadata (for cost attribution)
+            metadata={"api": True, "customer": CUSTOMERS[len(self.runs[workflow_id]) % 5]},
         )
         with self.lock:
             if self.faults.webhook_started_when_running:
