@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 import requests
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.api.client import CopyaiClient
@@ -21,7 +21,7 @@ from exporter.api.records import Run
 from exporter.config import Config, ConfigError, load_config_file
 from exporter.logs import REDACTOR
 from exporter.metrics.collector import CopyaiCollector, HealthView, View
-from exporter.metrics.exposition import RunRenderer
+from exporter.metrics.exposition import RunRenderer, registry_chunks
 from exporter.metrics.telemetry import Telemetry, budget_ratio
 from exporter.replication.backend import RedisBackend, SharedRateLimiter
 from exporter.replication.coordinator import Coordinator, RedisStore
@@ -201,7 +201,7 @@ class Exporter:
         """The whole exposition in chunks: the registry (workflow, health and own
         metrics), then the per-run families from the renderer."""
         view = self.view()
-        yield generate_latest(self.registry)
+        yield from registry_chunks(self.registry)
         runs = itertools.chain(view.store.snapshot(), self._discovered_series(view))
         sparse = view.config.collector.sparse_status
         yield from self._renderer.render_chunks(runs, self._wall_clock(), sparse)

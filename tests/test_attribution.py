@@ -10,9 +10,11 @@ import json
 
 import pytest
 import requests
+from prometheus_client import generate_latest
 
 from exporter.api.records import NONE_VALUE, RunStatus, attribute_value, attribute_values
 from exporter.config import ConfigError, build_config
+from exporter.metrics.exposition import registry_chunks
 from exporter.sim.http import RunningSimulator
 from exporter.sim.world import World
 from exporter.tracking.attribution import OTHER_VALUE, AttributeRow, Attribution
@@ -358,9 +360,22 @@ def test_hostile_values_are_escaped_in_the_exposition_and_read_back_exactly():
         assert rows(samples, CREDITS_FAMILY)[("metadata.customer", attribute_value(hostile))] == 2.0
         assert len(attribute_value(hostile)) == 64
         assert sample(samples, "copyai_up") == 1.0
+        # the fast renderer writes the very bytes of the client library's, hostile
+        # values, histograms and all (but the process' own metrics, which move)
+        registry = w.exporter.registry
+        fast = b"".join(registry_chunks(registry)).decode()
+        library = generate_latest(registry).decode()
+        assert "copyai_workflow_run_queue_seconds_bucket{" in fast
+        assert steady(fast) == steady(library)
     finally:
         w.close()
         sim.stop()
+
+
+def steady(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith(("process_", "# "))] + [
+        line for line in text.splitlines() if line.startswith("# ")
+    ]
 
 
 def test_off_unless_configured(sim, world, start_exporter):

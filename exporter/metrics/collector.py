@@ -29,6 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter.config import Config
@@ -37,7 +38,14 @@ from exporter.tracking.book import HistoryBook
 from exporter.tracking.budgets import period_bounds
 from exporter.tracking.history import WorkflowSnapshot
 from exporter.tracking.runs import RunStore
-from exporter.tracking.values import COUNTED, WORKFLOW_VALUES, Count, Distribution
+from exporter.tracking.values import (
+    COUNTED,
+    WORKFLOW_VALUES,
+    Count,
+    Derived,
+    Distribution,
+    Time,
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,16 @@ class CopyaiCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         # Registering must not trigger collect() (which would read state before the
         # first scrape); the names are enough for the registry's duplicate checks.
-        return iter(self._families(None))
+        return self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self._families(self._view()))
+        return self._families(self._view())
 
-    def _families(self, view: View | None) -> list[Metric]:
+    def _families(self, view: View | None) -> Iterator[Metric]:
+        """The families in their order of output, each filled only when its turn comes:
+        with 1,000 workflows the per-workflow families hold tens of thousands of
+        samples, and rendering them one at a time (exposition.registry_chunks) keeps
+        only one in memory."""
         per_workflow = GaugeMetricFamily(
             "copyai_workflow_runs",
             "Tracked runs of the workflow in each status (every status present, zero "
@@ -113,70 +125,66 @@ class CopyaiCollector(Collector):
             "api.max_requests_per_second allows in a minute; absent when it is unlimited. "
             "With replicas, each reports its own share: sum them.",
         )
-        families: list[Metric] = [
-            per_workflow,
-            info,
-            up,
-            duration,
-            last_refresh,
-            backlog,
-            budget,
-        ]
         workflow_families = _WorkflowFamilies()
-        families.extend(workflow_families.all())
         budgets = _BudgetFamilies()
-        families.extend(budgets.all())
         if view is None:
-            return families
+            yield from (per_workflow, info, up, duration, last_refresh, backlog, budget)
+            yield from workflow_families.names()
+            yield from budgets.all()
+            return
 
+        snaps: list[WorkflowSnapshot] = []  # in output order
         for workflow in view.config.workflows:
             info.add_metric([workflow.id, workflow.display_name], 1.0)
             history = view.book.get(workflow.id)
             if history is None:  # only in the instant a reload swaps configs
                 continue
-            snap = history.snapshot()
-            for s, n in snap.status_counts.items():
-                per_workflow.add_metric([workflow.id, s.value], float(n))
-            workflow_families.add(snap)
+            snaps.append(history.snapshot())
         for workflow_id in sorted(view.book.adopted()):  # unconfigured, from webhooks
             history = view.book.get(workflow_id)
             if history is None:
                 continue
             info.add_metric([workflow_id, workflow_id], 1.0)
-            snap = history.snapshot()
+            snaps.append(history.snapshot())
+        for snap in snaps:
             for s, n in snap.status_counts.items():
-                per_workflow.add_metric([workflow_id, s.value], float(n))
-            workflow_families.add(snap)
-        workflow_families.add_workspace(view.book.workspace_credit_limit())
-        budgets.add(view)
-        backlog.add_metric([], float(view.backlog))
-        if view.budget_used is not None:
-            budget.add_metric([], view.budget_used)
+                per_workflow.add_metric([snap.workflow_id, s.value], float(n))
+        yield per_workflow
+        yield info
+        del per_workflow, info
         up.add_metric([], float(view.health.up))
         duration.add_metric([], view.scrape_duration)
         last_refresh.add_metric([], view.health.last_successful_refresh or 0.0)
-        workflow_families.state_up.add_metric([], float(view.state_up))
-        workflow_families.leader.add_metric([], float(view.leader))
-        return families
+        backlog.add_metric([], float(view.backlog))
+        if view.budget_used is not None:
+            budget.add_metric([], view.budget_used)
+        yield from (up, duration, last_refresh, backlog, budget)
+        yield from workflow_families.filled(
+            snaps,
+            view.book.workspace_credit_limit(),
+            state_up=view.state_up,
+            leader=view.leader,
+        )
+        budgets.add(view)
+        yield from budgets.all()
 
 
 class _WorkflowFamilies:
     """One family per entry of tracking/values.py (counters, histograms, timestamps),
-    filled from each workflow's snapshot, then the state store's own two gauges."""
+    filled from each workflow's snapshot, then the by-attribute families and the state
+    store's own two gauges: made and filled one at a time (see _families)."""
 
-    def __init__(self) -> None:
+    def _new(self, value: Count | Time | Derived | Distribution) -> Metric:
         label = ["workflow_id"]
-        self.families: dict[str, Metric] = {}
-        for value in WORKFLOW_VALUES:
-            if isinstance(value, Count):
-                family: Metric = CounterMetricFamily(value.metric, value.help, labels=label)
-            elif isinstance(value, Distribution):
-                family = HistogramMetricFamily(value.metric, value.help, labels=label)
-            else:
-                family = GaugeMetricFamily(value.metric, value.help, labels=label)
-            self.families[value.name] = family
-        by_attribute = [*label, "attribute", "value"]
-        self.credits_by_attribute = CounterMetricFamily(
+        if isinstance(value, Count):
+            return CounterMetricFamily(value.metric, value.help, labels=label)
+        if isinstance(value, Distribution):
+            return HistogramMetricFamily(value.metric, value.help, labels=label)
+        return GaugeMetricFamily(value.metric, value.help, labels=label)
+
+    def _by_attribute(self) -> tuple[Metric, Metric]:
+        by_attribute = ["workflow_id", "attribute", "value"]
+        credits = CounterMetricFamily(
             "copyai_workflow_run_credits_by_attribute",
             "Credits of the workflow's finished runs by the value of each attribution key "
             "(attribution.keys: a field of the run's metadata or input). The first "
@@ -185,60 +193,101 @@ class _WorkflowFamilies:
             f"values are cut to 64 characters. {COUNTED}",
             labels=by_attribute,
         )
-        self.finished_by_attribute = CounterMetricFamily(
+        finished = CounterMetricFamily(
             "copyai_workflow_runs_finished_by_attribute",
             "Runs of the workflow seen reaching COMPLETE or FAILED, by the value of each "
             "attribution key (values kept as in copyai_workflow_run_credits_by_attribute_total). "
             f"{COUNTED}",
             labels=[*by_attribute, "status"],
         )
-        self.state_up = GaugeMetricFamily(
+        return credits, finished
+
+    def _state(self) -> tuple[Metric, Metric]:
+        state_up = GaugeMetricFamily(
             "copyai_state_backend_up",
             "1 if the last read or write of the state store (SQLite file or Redis) "
             "succeeded; the memory store is always up.",
         )
-        self.leader = GaugeMetricFamily(
+        leader = GaugeMetricFamily(
             "copyai_state_leader",
             "1 if this replica writes the workflow history (with state.backend redis, the "
             "one holding the leader lease; a single exporter always does).",
         )
+        return state_up, leader
 
-    def all(self) -> list[Metric]:
+    def names(self) -> list[Metric]:
+        """Every family, empty (for the registry's duplicate checks)."""
         return [
-            *self.families.values(),
-            self.credits_by_attribute,
-            self.finished_by_attribute,
-            self.state_up,
-            self.leader,
+            *(self._new(value) for value in WORKFLOW_VALUES),
+            *self._by_attribute(),
+            *self._state(),
         ]
 
-    def add(self, snap: WorkflowSnapshot) -> None:
-        labels = [snap.workflow_id]
+    def filled(
+        self,
+        snaps: list[WorkflowSnapshot],
+        workspace_limit: tuple[int, float | None],
+        *,
+        state_up: int,
+        leader: int,
+    ) -> Iterator[Metric]:
         for value in WORKFLOW_VALUES:
-            family = self.families[value.name]
+            family = self._new(value)
             if isinstance(value, Distribution):
-                histogram = snap.histograms[value.name]
-                bounds = [floatToGoString(b) for b in histogram.buckets] + ["+Inf"]
-                family.add_metric(  # type: ignore[attr-defined]
-                    labels, list(zip(bounds, histogram.counts, strict=True)), histogram.sum
-                )
-                continue
-            number = snap.values[value.name]
-            if number is not None:  # a Time or Derived value is absent until there is one
-                family.add_metric(labels, number)  # type: ignore[attr-defined]
-        for row in snap.attributes:
-            these = [snap.workflow_id, row.attribute, row.value]
-            self.credits_by_attribute.add_metric(these, row.credits)
-            self.finished_by_attribute.add_metric([*these, "COMPLETE"], row.complete)
-            self.finished_by_attribute.add_metric([*these, "FAILED"], row.failed)
+                self._histograms(family, value.name, snaps)
+            else:
+                for snap in snaps:
+                    number = snap.values[value.name]
+                    if number is not None:  # a Time or Derived value is absent until one
+                        family.add_metric([snap.workflow_id], number)  # type: ignore[attr-defined]
+                self._workspace(value.name, family, workspace_limit)
+            yield family
+        credits, finished = self._by_attribute()
+        for snap in snaps:
+            for row in snap.attributes:
+                these = [snap.workflow_id, row.attribute, row.value]
+                credits.add_metric(these, row.credits)
+                finished.add_metric([*these, "COMPLETE"], row.complete)
+                finished.add_metric([*these, "FAILED"], row.failed)
+        yield credits
+        yield finished
+        up, lead = self._state()
+        up.add_metric([], float(state_up))
+        lead.add_metric([], float(leader))
+        yield up
+        yield lead
 
-    def add_workspace(self, limit: tuple[int, float | None]) -> None:
+    @staticmethod
+    def _histograms(family: Metric, name: str, snaps: list[WorkflowSnapshot]) -> None:
+        """What HistogramMetricFamily.add_metric adds for each workflow (its buckets,
+        count and sum), built directly: 1,000 workflows are some 50,000 samples."""
+        bucket, count, total = (f"{family.name}_{s}" for s in ("bucket", "count", "sum"))
+        samples = family.samples
+        bounds: dict[tuple[float, ...], list[str]] = {}
+        for snap in snaps:
+            histogram = snap.histograms[name]
+            les = bounds.get(histogram.buckets)
+            if les is None:
+                les = bounds[histogram.buckets] = [
+                    *(floatToGoString(b) for b in histogram.buckets),
+                    "+Inf",
+                ]
+            workflow_id = snap.workflow_id
+            samples.extend(
+                Sample(bucket, {"workflow_id": workflow_id, "le": le}, n)
+                for le, n in zip(les, histogram.counts, strict=True)
+            )
+            samples.append(Sample(count, {"workflow_id": workflow_id}, histogram.counts[-1]))
+            samples.append(Sample(total, {"workflow_id": workflow_id}, histogram.sum))
+
+    @staticmethod
+    def _workspace(name: str, family: Metric, limit: tuple[int, float | None]) -> None:
         """workflowCreditLimit.reached events that name no workflow: workflow_id=""."""
         count, at = limit
-        if count:
-            self.families["credit_limit_count"].add_metric([""], count)  # type: ignore[attr-defined]
-        if at is not None:
-            self.families["credit_limit_at"].add_metric([""], at)  # type: ignore[attr-defined]
+        if name == "credit_limit_count" and count:
+            family.add_metric([""], count)  # type: ignore[attr-defined]
+        elif name == "credit_limit_at" and at is not None:
+            family.add_metric([""], at)  # type: ignore[attr-defined]
 
 
 class _BudgetFamilies:
