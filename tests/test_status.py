@@ -31,6 +31,8 @@ from exporter.web.webconfig import WebState
 from tests.support.clocks import FakeClock
 from tests.support.exporters import API_KEY, RunningExporter, make_config, sim_stats
 from tests.support.pki import tls_config, web_file
+from tests.support.polling import wait_for
+from tests.support.samples import Samples, sample
 
 WF, WF_FOUND = "WCFG-status", "WCFG-status-found"
 
@@ -610,3 +612,49 @@ def test_history_section_and_exporter_health(start_exporter, two_workflows):
     assert found["discover"] is True and found["discovery"]["order"] is not None
     assert workflow_of(facts, WF)["configured_runs"] == 2
     assert "in memory only" in page
+
+
+def test_credit_budgets_show_what_their_metrics_show_and_a_spent_one_warns(
+    sim, world, start_exporter
+):
+    world.add_workflow("budgeted", WF_FOUND)
+    config = make_config(
+        {
+            "api": {"base_url": sim.base_url},
+            "collector": {"refresh_interval_seconds": 0},
+            "workflows": [{"id": WF_FOUND, "name": "budgeted", "discover": True}],
+            "budgets": [
+                {"name": "roomy", "credits": 1000, "period": "month", "workflows": "*"},
+                {"name": "tight", "credits": 5, "period": "day", "workflows": [WF_FOUND]},
+            ],
+        }
+    )
+    running = start_exporter(config, process_metrics=False)
+    running.scrape()  # the watch begins
+    world.add_run(WF_FOUND, [("COMPLETE", None)], credits=4)
+    world.add_run(WF_FOUND, [("FAILED", None)], credits=3)
+
+    def both_ends_counted() -> Samples | None:
+        samples = running.scrape()
+        used = sample(samples, "copyai_credit_budget_used_credits", budget="tight")
+        return samples if used == 7.0 else None
+
+    samples = wait_for(both_ends_counted, timeout=20, interval=0.1)
+    facts, page = status(running)
+    budgets = {b["name"]: b for b in facts["budgets"]}
+    assert set(budgets) == {"roomy", "tight"}
+    for name, budget in budgets.items():
+        assert budget["used_credits"] == sample(
+            samples, "copyai_credit_budget_used_credits", budget=name
+        )
+        assert budget["period_end"] == sample(
+            samples, "copyai_credit_budget_period_end_timestamp_seconds", budget=name
+        )
+        assert budget["workflows"] == [WF_FOUND]
+    assert budgets["tight"]["used_ratio"] == 7 / 5 and budgets["roomy"]["period"] == "month"
+    spent = [line for line in facts["summary"] if "budget tight is spent" in line["text"]]
+    assert [line["level"] for line in spent] == ["warn"]
+    assert not any("roomy" in line["text"] for line in facts["summary"])
+    section = page.split('<section id="budgets">', 1)[1].split("</section>", 1)[0]
+    assert "tight" in section and "roomy" in section and "budgeted" in section
+    assert '<span class="bad">7 (140%)</span>' in section

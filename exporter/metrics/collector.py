@@ -330,11 +330,7 @@ class _BudgetFamilies:
     def add(self, view: View) -> None:
         for budget in view.config.budgets:
             start, end = period_bounds(budget.period, view.now)
-            used = 0.0
-            for workflow_id in budget.workflows:
-                history = view.book.get(workflow_id)
-                if history is not None:
-                    used += history.credits_between(start, end)
+            used = view.book.credits_between(budget.workflows, start, end)
             labels = [budget.name]
             self.limit.add_metric(labels, budget.credits)
             self.used.add_metric(labels, used)

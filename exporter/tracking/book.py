@@ -173,6 +173,16 @@ class HistoryBook:
                         attribution=self._attribution,
                     )
 
+    def credits_between(self, workflow_ids: tuple[str, ...], start: float, end: float) -> float:
+        """Credits of the runs of these workflows that ended in [start, end), as a
+        credit budget counts them (tracking/budgets.py)."""
+        used = 0.0
+        for workflow_id in workflow_ids:
+            history = self.get(workflow_id)
+            if history is not None:
+                used += history.credits_between(start, end)
+        return used
+
     def workspace_credit_limit_reached(self, when: float) -> None:
         with self._lock:
             self._workspace_limit_count += 1

@@ -30,6 +30,7 @@ from exporter.config import ID_PATTERN, Config, WorkflowConfig
 from exporter.logs import REDACTED, REDACTOR
 from exporter.metrics.collector import View
 from exporter.metrics.telemetry import RecentRequests, budget_ratio
+from exporter.tracking.budgets import period_bounds
 from exporter.tracking.history import (
     GONE,
     OUTSIDE_WINDOW,
@@ -106,6 +107,7 @@ def gather(sources: StatusSources, run_query: str | None = None) -> dict[str, An
         "api": _api_section(sources),
         "history": _history_section(view),
         "workflows": _workflows_section(sources, by_workflow),
+        "budgets": _budgets_section(sources),
         "runs": runs,
         "lookup": lookup(sources, run_query) if run_query is not None else None,
         "config": _config_section(sources),
@@ -393,6 +395,28 @@ def _workflow(
     }
 
 
+def _budgets_section(sources: StatusSources) -> list[dict[str, Any]]:
+    """Each credit budget in its current period, as copyai_credit_budget_* show it."""
+    view = sources.view
+    out = []
+    for budget in view.config.budgets:
+        start, end = period_bounds(budget.period, sources.now)
+        used = view.book.credits_between(budget.workflows, start, end)
+        out.append(
+            {
+                "name": budget.name,
+                "credits": budget.credits,
+                "period": budget.period,
+                "workflows": list(budget.workflows),
+                "period_start": start,
+                "period_end": end,
+                "used_credits": used,
+                "used_ratio": used / budget.credits,
+            }
+        )
+    return out
+
+
 def _history_section(view: View) -> dict[str, Any]:
     state = view.config.state
     if state.backend == "redis" and state.redis is not None:
@@ -626,6 +650,16 @@ def _summary(document: dict[str, Any]) -> list[dict[str, str]]:
                 "(copyai_up 0): see the recent API errors.",
             }
         )
+    for budget in document["budgets"]:
+        if budget["used_ratio"] >= 1:
+            lines.append(
+                {
+                    "level": "warn",
+                    "text": f"Credit budget {budget['name']} is spent: "
+                    f"{budget['used_credits']:g} of {budget['credits']:g} credits this "
+                    f"{budget['period']}.",
+                }
+            )
     total = runs["configured"]
     if runs["without_series"]:
         detail = ", ".join(
