@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from exporter.mixin.config import MixinConfig
-from exporter.mixin.grafana import TIMESERIES, Board, instant, series, stat_options, thresholds
+from exporter.mixin.grafana import (
+    TIMESERIES,
+    Board,
+    instant,
+    series,
+    stat_options,
+    table_columns,
+    thresholds,
+)
 from exporter.mixin.rules import BUDGET_LEVEL, BUDGET_WINDOW
 
 if TYPE_CHECKING:
@@ -322,23 +330,16 @@ def runs(b: Board, q: Queries, config: MixinConfig) -> None:
         unit="s",
         description="Time since each workflow's last success (red where "
         "CopyaiNoRecentSuccess fires), last failure and newest run, and its active runs.",
-        transformations=[
-            {"id": "merge", "options": {}},
+        transformations=table_columns(
             {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True},
-                    "renameByName": {
-                        "workflow_name": "Workflow",
-                        "workflow_id": "ID",
-                        "Value #A": "Since last success",
-                        "Value #B": "Since last failure",
-                        "Value #C": "Since newest run",
-                        "Value #D": "Active runs",
-                    },
-                },
-            },
-        ],
+                "workflow_name": "Workflow",
+                "workflow_id": "ID",
+                "Value #A": "Since last success",
+                "Value #B": "Since last failure",
+                "Value #C": "Since newest run",
+                "Value #D": "Active runs",
+            }
+        ),
         field=NEVER,
         overrides=[
             {
@@ -390,25 +391,19 @@ def runs(b: Board, q: Queries, config: MixinConfig) -> None:
         unit="short",
         description="Runs listed in the config (and discovered active runs with "
         "run_series): status, age, credits, whether the last fetch worked.",
-        transformations=[
-            {"id": "merge", "options": {}},
+        transformations=table_columns(
             {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, "Value #A": True},
-                    "renameByName": {
-                        "workflow_name": "Workflow",
-                        "workflow_id": "Workflow ID",
-                        "run_id": "Run",
-                        "status": "Status",
-                        "Value #B": "Age",
-                        "Value #C": "Credits",
-                        "Value #D": "Last fetch OK",
-                        "Value #E": "Created",
-                    },
-                },
+                "workflow_name": "Workflow",
+                "workflow_id": "Workflow ID",
+                "run_id": "Run",
+                "status": "Status",
+                "Value #B": "Age",
+                "Value #C": "Credits",
+                "Value #D": "Last fetch OK",
+                "Value #E": "Created",
             },
-        ],
+            hide=("Value #A",),
+        ),
         overrides=[
             {
                 "matcher": {"id": "byName", "options": "Age"},
@@ -699,23 +694,16 @@ def spending(b: Board, q: Queries, config: MixinConfig) -> None:
         "used (red once spent), how many days its credits left last at the pace of the last "
         "6 hours, and the days left in the period (runway shorter than that: the budget "
         "runs out before the period ends).",
-        transformations=[
-            {"id": "merge", "options": {}},
+        transformations=table_columns(
             {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True},
-                    "renameByName": {
-                        "budget": "Budget",
-                        "Value #A": "Used",
-                        "Value #B": "Limit",
-                        "Value #C": "Share used",
-                        "Value #D": "Runway",
-                        "Value #E": "Period left",
-                    },
-                },
-            },
-        ],
+                "budget": "Budget",
+                "Value #A": "Used",
+                "Value #B": "Limit",
+                "Value #C": "Share used",
+                "Value #D": "Runway",
+                "Value #E": "Period left",
+            }
+        ),
         overrides=[
             {
                 "matcher": {"id": "byName", "options": "Share used"},
@@ -771,22 +759,15 @@ def spending(b: Board, q: Queries, config: MixinConfig) -> None:
         "or input) whose runs used the most credits in the time range, over the selected "
         "workflows, with their finished runs and the share that failed. __other__ gathers "
         "values past attribution.max_values_per_key, __none__ runs without the field.",
-        transformations=[
-            {"id": "merge", "options": {}},
+        transformations=table_columns(
             {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True},
-                    "renameByName": {
-                        "attribute": "Attribute",
-                        "value": "Value",
-                        "Value #A": "Credits",
-                        "Value #B": "Runs finished",
-                        "Value #C": "Failed",
-                    },
-                },
-            },
-        ],
+                "attribute": "Attribute",
+                "value": "Value",
+                "Value #A": "Credits",
+                "Value #B": "Runs finished",
+                "Value #C": "Failed",
+            }
+        ),
         overrides=[
             {
                 "matcher": {"id": "byName", "options": "Failed"},
@@ -1058,26 +1039,20 @@ def health(b: Board, q: Queries, config: MixinConfig) -> None:
         unit="short",
         description="Version, configuration and state health, uptime and leadership of each "
         "replica (exactly one Leader per job).",
-        transformations=[
-            {"id": "merge", "options": {}},
+        transformations=table_columns(
             {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, "Value #A": True},
-                    "renameByName": {
-                        "job": "Job",
-                        "instance": "Instance",
-                        "version": "Version",
-                        "python_version": "Python",
-                        "Value #B": "Config OK",
-                        "Value #C": "State OK",
-                        "Value #D": "Config loaded",
-                        "Value #E": "Uptime",
-                        "Value #F": "Leader",
-                    },
-                },
+                "job": "Job",
+                "instance": "Instance",
+                "version": "Version",
+                "python_version": "Python",
+                "Value #B": "Config OK",
+                "Value #C": "State OK",
+                "Value #D": "Config loaded",
+                "Value #E": "Uptime",
+                "Value #F": "Leader",
             },
-        ],
+            hide=("Value #A",),
+        ),
         overrides=[
             {
                 "matcher": {"id": "byName", "options": name},

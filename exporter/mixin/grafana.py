@@ -91,6 +91,21 @@ def instant(expr: str, legend: str = "__auto", table: bool = False) -> dict[str,
     return target
 
 
+def table_columns(rename: dict[str, str], hide: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The transformations of a table of instant queries: their frames merged into one
+    row per label set, the Time column and `hide` dropped, columns renamed."""
+    return [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True, **dict.fromkeys(hide, True)},
+                "renameByName": rename,
+            },
+        },
+    ]
+
+
 def stat_options(text_mode: str = "value") -> dict[str, Any]:
     return {
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
