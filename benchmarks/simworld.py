@@ -92,25 +92,34 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--write-info", required=True, help="JSON file written once serving")
     args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     world = discovery_world(
         args.runs, active_newest=args.active_newest, active_deep=args.active_deep
     )
     world.faults.update({"latency_seconds": args.latency})
-    host, _, port = args.listen.rpartition(":")
+    serve(
+        world,
+        args.listen,
+        args.write_info,
+        {
+            "workflow_id": DISCOVER_WORKFLOW,
+            "runs": args.runs,
+            "active_positions": active_positions(args.runs, args.active_newest, args.active_deep),
+        },
+    )
+
+
+def serve(world: World, listen: str, write_info: str, info: dict[str, Any]) -> None:
+    """Serve `world` on `listen` (host:port) until SIGTERM or SIGINT, once serving
+    writing `info` and the base URL as JSON to `write_info`."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    host, _, port = listen.rpartition(":")
     sim = RunningSimulator(world, host, int(port))
-    info = {
-        "base_url": sim.base_url,
-        "workflow_id": DISCOVER_WORKFLOW,
-        "runs": args.runs,
-        "active_positions": active_positions(args.runs, args.active_newest, args.active_deep),
-    }
-    partial = f"{args.write_info}.partial"
+    partial = f"{write_info}.partial"
     with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(info, handle)
-    os.replace(partial, args.write_info)  # readers never see half a file
+        json.dump({"base_url": sim.base_url, **info}, handle)
+    os.replace(partial, write_info)  # readers never see half a file
     try:
         stop.wait()
     finally:

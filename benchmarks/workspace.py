@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.harness import (
@@ -33,8 +30,7 @@ from benchmarks.harness import (
     samples,
     scrape,
 )
-from benchmarks.simworld import BenchWorld
-from exporter.sim.http import RunningSimulator
+from benchmarks.simworld import BenchWorld, serve
 from exporter.sim.world import DEFAULT_API_KEY
 
 if TYPE_CHECKING:
@@ -296,19 +292,7 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--write-info", required=True, help="JSON file written once serving")
     args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    world = workspace_world(args.workflows)
-    host, _, port = args.listen.rpartition(":")
-    sim = RunningSimulator(world, host, int(port))
-    partial = Path(f"{args.write_info}.partial")
-    partial.write_text(json.dumps({"base_url": sim.base_url}), encoding="utf-8")
-    os.replace(partial, args.write_info)
-    try:
-        stop.wait()
-    finally:
-        sim.stop()
+    serve(workspace_world(args.workflows), args.listen, args.write_info, {})
 
 
 if __name__ == "__main__":

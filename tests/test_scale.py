@@ -73,16 +73,9 @@ def subscribe_all(world: World) -> None:
 # --- webhook-first freshness ---------------------------------------------------------------
 
 
-def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_stop():
-    """30 s refreshes, a 290 s reconciliation interval (due after 261 s, a tenth early).
-    Polling lists the workflow at every refresh; while deliveries about it arrive, at
-    every ninth; from the first refresh 290 s after the last delivery, at every one
-    again. The counters stay exact throughout."""
-    clock = FakeClock()
-    world = World(api_key=API_KEY, clock=clock.wall, seed=16)
-    sim = RunningSimulator(world)
-    wf = world.add_workflow("hooks", "WCFG-scale-hooks")
-    world.add_run(wf, FOREVER, age_seconds=3600, run_id="WRUN-long")  # listed every cycle
+def webhook_fed(sim: RunningSimulator, world: World, wf: str, clock: FakeClock) -> Exporter:
+    """An exporter discovering `wf`, refreshing every 30 s and reconciling a fed workflow
+    every 290 s, with every event type subscribed to its receiver."""
     config = scale_config(
         sim,
         {
@@ -96,6 +89,20 @@ def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_st
     )
     exporter = fake_time_exporter(config, clock)
     subscribe_all(world)
+    return exporter
+
+
+def test_deliveries_turn_polling_into_reconciliation_and_it_resumes_when_they_stop():
+    """30 s refreshes, a 290 s reconciliation interval (due after 261 s, a tenth early).
+    Polling lists the workflow at every refresh; while deliveries about it arrive, at
+    every ninth; from the first refresh 290 s after the last delivery, at every one
+    again. The counters stay exact throughout."""
+    clock = FakeClock()
+    world = World(api_key=API_KEY, clock=clock.wall, seed=16)
+    sim = RunningSimulator(world)
+    wf = world.add_workflow("hooks", "WCFG-scale-hooks")
+    world.add_run(wf, FOREVER, age_seconds=3600, run_id="WRUN-long")  # listed every cycle
+    exporter = webhook_fed(sim, world, wf, clock)
     world.faults.update({"webhook_shape": "record"})  # deliveries carry createdAt
     since = clock.wall()
 
@@ -158,17 +165,7 @@ def test_deliveries_without_created_at_are_counted_without_a_listing_when_they_c
     sim = RunningSimulator(world)
     wf = world.add_workflow("hooks", "WCFG-scale-documented")
     world.add_run(wf, FOREVER, age_seconds=3600)
-    config = scale_config(
-        sim,
-        {
-            "api": {"base_url": sim.base_url, "max_requests_per_second": 0},
-            "collector": {"refresh_interval_seconds": 30, "up_check_interval_seconds": 0},
-            "webhooks": {"listen_address": "127.0.0.1:0", "reconcile_interval_seconds": 290},
-            "workflows": [{"id": wf, "discover": True}],
-        },
-    )
-    exporter = fake_time_exporter(config, clock)
-    subscribe_all(world)
+    exporter = webhook_fed(sim, world, wf, clock)
     since = clock.wall()
 
     def step(shape: str, start_delivered: bool) -> tuple[bool, float | None, float | None]:

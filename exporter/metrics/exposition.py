@@ -105,15 +105,21 @@ def registry_chunks(registry: Collector) -> Iterator[bytes]:
     a time, in chunks of about CHUNK_BYTES: the collector fills each family only when
     its turn comes, so with 1,000 workflows a scrape holds one family's samples and its
     text, not every family's at once (a third of the peak memory of generate_latest)."""
+    # the client library's own metrics (_created samples and the like) go through its
+    # generate_latest
+    return _chunks(
+        _render(family) if type(family) in _PLAIN else generate_latest(_OneFamily(family))
+        for family in registry.collect()
+    )
+
+
+def _chunks(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Pieces of text joined into chunks of about CHUNK_BYTES, made as they are read."""
     pending: list[bytes] = []
     size = 0
-    for family in registry.collect():
-        # the client library's own metrics (_created samples and the like) go through
-        # its generate_latest
-        plain = type(family) in _PLAIN
-        text = _render(family) if plain else generate_latest(_OneFamily(family))
-        pending.append(text)
-        size += len(text)
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
         if size >= CHUNK_BYTES:
             yield b"".join(pending)
             pending, size = [], 0
@@ -158,18 +164,11 @@ class RunRenderer:
         """The same as chunks of about CHUNK_BYTES: a scrape of 10,000 runs (17 MB of
         text) never holds a second copy of the whole answer."""
         columns = self._columns(runs, now, sparse)
-        pending: list[bytes] = []
-        size = 0
-        for header, column in zip(HEADERS, columns, strict=True):
-            pending.append(header)
-            for line in column:
-                pending.append(line)
-                size += len(line)
-                if size >= CHUNK_BYTES:
-                    yield b"".join(pending)
-                    pending, size = [], 0
-        if pending:
-            yield b"".join(pending)
+        yield from _chunks(
+            piece
+            for header, column in zip(HEADERS, columns, strict=True)
+            for piece in (header, *column)
+        )
 
     def _columns(self, runs: Iterable[RunState], now: float, sparse: bool) -> list[list[bytes]]:
         columns: list[list[bytes]] = [[] for _ in FAMILIES]
