@@ -378,6 +378,26 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     receiver_thread.join(timeout=10)
 
 
+def readme_promql_examples() -> list[str]:
+    """The expressions of the README's "PromQL examples" block: comment lines dropped, an
+    expression running on while its brackets are open or the next line is indented."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### PromQL examples", 1)[1].split("```promql\n", 1)[1]
+    lines = [line for line in block.split("\n```", 1)[0].splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("#")]
+    expressions: list[str] = []
+    current = ""
+    for i, line in enumerate(lines):
+        current += line + "\n"
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        balanced = current.count("(") == current.count(")")
+        if balanced and not following.startswith((" ", ")")):
+            expressions.append(current.strip())
+            current = ""
+    assert current == "", f"unbalanced example: {current}"
+    return expressions
+
+
 def dashboard_queries() -> list[str]:
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
@@ -476,6 +496,13 @@ def test_the_stack_end_to_end(stack: Stack):
             empty.append(expr)
     assert empty == [], "dashboard queries returning no data:\n" + "\n".join(empty)
 
+    # 1b. every PromQL example of the README is valid and names only exported metrics
+    examples = readme_promql_examples()
+    assert len(examples) >= 20
+    for expr in examples:
+        answer = stack.query(expr)
+        assert answer["status"] == "success", (expr, answer)
+
     # 2. no dead queries: every metric the dashboard and rules name is exported...
     exported = {n for (n, _labels) in parse_samples(exporter_text)}
     families = set(re.findall(r"^# TYPE (\S+) ", exporter_text, re.MULTILINE))
@@ -484,6 +511,7 @@ def test_the_stack_end_to_end(stack: Stack):
         | metric_names(ALERTS.read_text())
         | metric_names(RULES.read_text())
     )
+    used |= {name for expr in examples for name in metric_names(expr)}
     dead = {name for name in used - PROMETHEUS_SYNTHETIC if name not in exported}
     assert dead == set(), f"dashboard or rules query metrics the exporter does not expose: {dead}"
     # ...and every exported metric is on the dashboard or documented as deliberately not
